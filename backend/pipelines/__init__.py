@@ -1,0 +1,49 @@
+"""Pipelines: compositions of face -> prior -> gaussians (-> guidance).
+
+The contract every pipeline keeps (the worker process calls it; see ``backend/worker.py``):
+
+    run(image, *, preset="default", seed=0, options=None, reporter=None) -> RunResult
+
+- ``image``: HxWx3 uint8 RGB numpy array (already validated by ``backend.image_io``).
+- ``reporter``: a :class:`Reporter` (progress, previews, cancellation). ``None`` = silent.
+- Raises a ``backend.errors.PortraitSplatError`` subclass for anything a user can fix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from blender_addon.core.splat_arrays import SplatArrays
+
+
+class Reporter(Protocol):
+    def progress(self, stage: str, step: int, total: int, message: str = "") -> None: ...
+    def preview(self, splats: SplatArrays, step: int) -> None: ...
+    def cancelled(self) -> bool: ...
+
+
+class NullReporter:
+    def progress(self, stage: str, step: int, total: int, message: str = "") -> None:
+        pass
+
+    def preview(self, splats: SplatArrays, step: int) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        return False
+
+
+@dataclass
+class RunResult:
+    splats: SplatArrays
+    turntable: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 frames
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def available() -> dict[str, Callable[..., RunResult]]:
+    """Pipeline name -> run function, for pipelines whose code is importable."""
+    from . import photo
+
+    return {"photo": photo.run}
