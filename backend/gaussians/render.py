@@ -1,0 +1,321 @@
+"""One renderer interface: gsplat ``rasterization`` on CUDA, a pure-torch reference on CPU.
+
+This module is the only caller of ``gsplat.rasterization``. Both paths return the same
+:class:`RenderOutput`, whose ``info`` dict is shaped like gsplat's (``packed=False``) so
+gsplat's densification strategies read it unchanged:
+
+    info["means2d"]   [C, N, 2]  projected centres in pixels; ``retain_grad`` is set, and
+                                 with ``absgrad=True`` ``.absgrad`` is filled by backward
+    info["radii"]     [C, N, 2]  int32 half-extents of each splat's screen box (0 = culled)
+    info["width"], info["height"], info["n_cameras"], info["gaussian_ids"] (None)
+
+The CPU reference follows gsplat's conventions so that the two agree: pixel centres at
++0.5, a 0.3 px^2 low-pass added to each 2D covariance (``eps2d``), alpha clamped at 0.99,
+pairs below alpha 1/255 skipped, and a pixel stops accumulating once transmittance would
+fall to 1e-4 or below.
+
+Its cost is proportional to the (pixel, splat) pairs inside each splat's box, not N x P
+(see ../shared/PERFORMANCE.md): project, expand boxes into pairs, sort pairs by pixel then
+depth, and get each pair's transmittance from a segmented cumulative sum of log(1 - alpha).
+An optional no-grad pre-pass drops each pixel's hidden tail before the differentiable pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from blender_addon.core.splat_arrays import SH_C0
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for annotations; any object with viewmats, Ks, width, height works
+    from .cameras import Cameras
+
+ALPHA_MIN = 1.0 / 255.0
+ALPHA_MAX = 0.99
+T_MIN = 1e-4
+
+
+@dataclass
+class RenderOutput:
+    rgb: torch.Tensor  # [C, H, W, 3]
+    alpha: torch.Tensor  # [C, H, W, 1]
+    depth: torch.Tensor  # [C, H, W, 1] expected depth (alpha-normalised, camera z)
+    info: dict
+
+
+def gsplat_available(device: torch.device | str) -> bool:
+    if torch.device(device).type != "cuda":
+        return False
+    try:
+        import gsplat  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def render(
+    means: torch.Tensor,  # [N, 3]
+    quats: torch.Tensor,  # [N, 4] wxyz (normalised inside)
+    scales: torch.Tensor,  # [N, 3] activated (metres)
+    opacities: torch.Tensor,  # [N] activated
+    colors: torch.Tensor,  # [N, 3] rgb, or [N, K, 3] SH coefficients when sh_degree is given
+    cameras: Cameras,
+    *,
+    sh_degree: int | None = None,
+    background: torch.Tensor | None = None,  # [3]
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    absgrad: bool = False,
+    backend: str = "auto",  # "auto" | "gsplat" | "torch"
+    cull_hidden: bool = True,
+) -> RenderOutput:
+    """Render splats from every camera. See the module docstring for conventions."""
+    if backend == "auto":
+        backend = "gsplat" if gsplat_available(means.device) else "torch"
+    if backend == "gsplat":
+        return _render_gsplat(
+            means, quats, scales, opacities, colors, cameras, sh_degree, background, near_plane, far_plane, eps2d, absgrad
+        )
+    if backend != "torch":
+        raise ValueError(f"unknown render backend {backend!r}")
+    rgb_per_cam = None
+    if sh_degree is not None:
+        rgb_per_cam = [eval_sh(colors, means, cameras.camera_centers()[c], sh_degree) for c in range(len(cameras))]
+    return _render_torch(
+        means, quats, scales, opacities, colors, rgb_per_cam, cameras, background, near_plane, far_plane, eps2d, absgrad, cull_hidden
+    )
+
+
+# ----------------------------------------------------------------------------- gsplat
+def _render_gsplat(means, quats, scales, opacities, colors, cameras, sh_degree, background, near, far, eps2d, absgrad):
+    from gsplat import rasterization
+
+    C = len(cameras)
+    bg = None if background is None else background.expand(C, 3)
+    out, alpha, info = rasterization(
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=colors,
+        viewmats=cameras.viewmats,
+        Ks=cameras.Ks,
+        width=cameras.width,
+        height=cameras.height,
+        near_plane=near,
+        far_plane=far,
+        eps2d=eps2d,
+        sh_degree=sh_degree,
+        backgrounds=bg,
+        render_mode="RGB+ED",
+        absgrad=absgrad,
+        packed=False,
+    )
+    return RenderOutput(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4], info=info)
+
+
+# ------------------------------------------------------------------------------ torch
+def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
+    """[N, 4] wxyz -> [N, 3, 3]."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(-1, 3, 3)
+
+
+def project(means, quats, scales, viewmat, K, eps2d):
+    """EWA projection of 3D Gaussians into one pinhole camera.
+
+    Returns camera-space depth [N], pixel centres [N, 2] and 2D covariances [N, 2, 2].
+    """
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    p = means @ R.T + t  # [N, 3]
+    z = p[:, 2]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    zs = z.clamp(min=1e-6)
+    uv = torch.stack([fx * p[:, 0] / zs + cx, fy * p[:, 1] / zs + cy], dim=-1)
+    M = quat_to_rotmat(quats) * scales[:, None, :]  # [N, 3, 3] = R_q S
+    cov_cam = R @ (M @ M.transpose(1, 2)) @ R.T  # [N, 3, 3]
+    zero = torch.zeros_like(z)
+    J = torch.stack(
+        [
+            torch.stack([fx / zs, zero, -fx * p[:, 0] / (zs * zs)], -1),
+            torch.stack([zero, fy / zs, -fy * p[:, 1] / (zs * zs)], -1),
+        ],
+        dim=1,
+    )  # [N, 2, 3]
+    cov2d = J @ cov_cam @ J.transpose(1, 2) + eps2d * torch.eye(2, dtype=means.dtype, device=means.device)
+    return z, uv, cov2d
+
+
+def _pairs(uv, radii_xy, valid, order, width, height):
+    """Expand each valid splat's pixel box into (pixel, splat) pairs, sorted by pixel then depth.
+
+    ``order`` lists splat ids front to back. Returns pixel ids [P] and splat ids [P].
+    """
+    ids = order[valid[order]]  # valid splats, front to back
+    cx, cy = uv[ids, 0].detach(), uv[ids, 1].detach()
+    rx, ry = radii_xy[ids, 0], radii_xy[ids, 1]
+    # pixel (px, py) has its centre at (px + 0.5, py + 0.5)
+    x0 = (cx - rx - 0.5).ceil().clamp(0, width).long()
+    x1 = (cx + rx - 0.5).floor().add(1).clamp(0, width).long()
+    y0 = (cy - ry - 0.5).ceil().clamp(0, height).long()
+    y1 = (cy + ry - 0.5).floor().add(1).clamp(0, height).long()
+    w, h = (x1 - x0).clamp(min=0), (y1 - y0).clamp(min=0)
+    counts = w * h
+    keep = counts > 0
+    ids, x0, y0, w, counts = ids[keep], x0[keep], y0[keep], w[keep], counts[keep]
+    total = int(counts.sum())
+    if total == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=uv.device)
+        return empty, empty
+    rank = torch.repeat_interleave(torch.arange(len(ids), device=uv.device), counts)  # depth rank of each pair
+    start = torch.cumsum(counts, 0) - counts
+    k = torch.arange(total, device=uv.device) - start[rank]
+    wr = w[rank]
+    pix = (y0[rank] + k // wr) * width + (x0[rank] + k % wr)
+    # one sort on (pixel, depth rank): pixels ascending, front to back inside each pixel
+    key = pix * len(ids) + rank
+    key, perm = torch.sort(key)
+    pix = pix[perm]
+    return pix, ids[rank[perm]]
+
+
+def _composite_weights(alpha_raw, pix):
+    """Per-pair blending weights alpha * T from alphas sorted by (pixel, depth).
+
+    T is the exclusive product of (1 - alpha) over earlier pairs of the same pixel, taken
+    as a segmented cumulative sum of log(1 - alpha) in float64 (a float32 running sum over
+    millions of pairs cancels badly). Pairs under ALPHA_MIN contribute nothing, and a pixel
+    stops once its transmittance would reach T_MIN (gsplat's rule).
+    """
+    alpha = torch.where(alpha_raw < ALPHA_MIN, torch.zeros_like(alpha_raw), alpha_raw.clamp(max=ALPHA_MAX))
+    log1m = torch.log1p(-alpha.double())
+    incl = torch.cumsum(log1m, 0)
+    new_seg = torch.ones_like(pix, dtype=torch.bool)
+    new_seg[1:] = pix[1:] != pix[:-1]
+    seg_id = torch.cumsum(new_seg.long(), 0) - 1
+    seg_base = (incl - log1m)[new_seg]  # running sum before each pixel's first pair
+    excl = incl - log1m - seg_base[seg_id]
+    T = torch.exp(excl)
+    alive = (excl + log1m) > torch.log(torch.tensor(T_MIN, dtype=torch.float64))
+    return (alpha * T.to(alpha.dtype)) * alive, alive, T
+
+
+def _render_torch(means, quats, scales, opacities, colors, rgb_per_cam, cameras, background, near, far, eps2d, absgrad, cull_hidden):
+    C, W, H = len(cameras), cameras.width, cameras.height
+    N = means.shape[0]
+    dev = means.device
+    projections = [project(means, quats, scales, cameras.viewmats[c], cameras.Ks[c], eps2d) for c in range(C)]
+    means2d = torch.stack([uv for _, uv, _ in projections])  # [C, N, 2]
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    absgrad_buf = torch.zeros(C, N, 2, device=dev) if absgrad else None
+    if absgrad:
+        means2d.absgrad = absgrad_buf
+    radii = torch.zeros(C, N, 2, dtype=torch.int32, device=dev)
+    rgbs, alphas, depths = [], [], []
+    bg = torch.zeros(3, device=dev) if background is None else background.to(dev)
+    for c in range(C):
+        z, _, cov2d = projections[c]
+        uv = means2d[c]
+        a, b, d = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
+        det = a * d - b * b
+        with torch.no_grad():
+            # Box half-extents: 3.33 sigma (gsplat), tightened to where opacity * exp(-q/2) >= 1/255.
+            k = torch.sqrt(2.0 * torch.log((opacities.detach() / ALPHA_MIN).clamp(min=1.0))).clamp(max=3.33)
+            rx, ry = k * a.detach().sqrt(), k * d.detach().sqrt()
+            valid = (z.detach() > near) & (z.detach() < far) & (det.detach() > 0) & (k > 0)
+            u, v = uv.detach().unbind(-1)
+            valid &= (u + rx > 0) & (u - rx < W) & (v + ry > 0) & (v - ry < H)
+            rad = torch.stack([rx.ceil(), ry.ceil()], -1).clamp(min=0, max=2**30)
+            radii[c] = torch.where(valid[:, None], rad, torch.zeros_like(rad)).to(torch.int32)
+            order = torch.argsort(z.detach())
+            pix, gid = _pairs(uv, torch.stack([rx, ry], -1), valid, order, W, H)
+        conic = torch.stack([d / det, -b / det, a / det], -1)  # [N, 3] inverse covariance (xx, xy, yy)
+        color = colors if rgb_per_cam is None else rgb_per_cam[c]
+        rgb, alpha, depth = _blend(pix, gid, uv, conic, opacities, color, z, W, H, absgrad_buf, c, cull_hidden)
+        rgbs.append(rgb + (1.0 - alpha) * bg)
+        alphas.append(alpha)
+        depths.append(depth / alpha.clamp(min=1e-10))
+    info = {
+        "means2d": means2d,
+        "radii": radii,
+        "width": W,
+        "height": H,
+        "n_cameras": C,
+        "gaussian_ids": None,
+        "depths": torch.stack([p[0] for p in projections]).detach(),
+    }
+    return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths), info)
+
+
+def _pair_alpha(pix, gid, uv, conic, opacities, W):
+    px = (pix % W).to(uv.dtype) + 0.5
+    py = torch.div(pix, W, rounding_mode="floor").to(uv.dtype) + 0.5
+    m = uv[gid]
+    dx, dy = px - m[:, 0], py - m[:, 1]
+    cg = conic[gid]
+    q = cg[:, 0] * dx * dx + 2.0 * cg[:, 1] * dx * dy + cg[:, 2] * dy * dy
+    return opacities[gid] * torch.exp(-0.5 * q), m
+
+
+def _blend(pix, gid, uv, conic, opacities, color, z, W, H, absgrad_buf, cam, cull_hidden):
+    dev = uv.device
+    if cull_hidden and pix.numel():
+        with torch.no_grad():  # pre-pass: drop pairs behind each pixel's termination point
+            a0, _ = _pair_alpha(pix, gid, uv.detach(), conic.detach(), opacities.detach(), W)
+            _, alive, _ = _composite_weights(a0, pix)
+            visible = alive & (a0 >= ALPHA_MIN)
+            pix, gid = pix[visible], gid[visible]
+    alpha_raw, pair_means = _pair_alpha(pix, gid, uv, conic, opacities, W)
+    if absgrad_buf is not None and pair_means.requires_grad:
+        # AbsGS: accumulate |dL/d mean2d| per pixel, not the signed sum autograd gives.
+        def _accumulate_abs(grad: torch.Tensor) -> None:
+            absgrad_buf[cam].index_add_(0, gid, grad.abs())
+
+        pair_means.register_hook(_accumulate_abs)
+    weight, _, _ = _composite_weights(alpha_raw, pix)  # [P]
+    out_rgb = torch.zeros(H * W, color.shape[-1], dtype=color.dtype, device=dev)
+    out_rgb = out_rgb.index_add(0, pix, weight[:, None] * color[gid])
+    out_a = torch.zeros(H * W, dtype=weight.dtype, device=dev).index_add(0, pix, weight)
+    out_d = torch.zeros(H * W, dtype=weight.dtype, device=dev).index_add(0, pix, weight * z[gid])
+    return out_rgb.view(H, W, -1), out_a.view(H, W, 1), out_d.view(H, W, 1)
+
+
+# ------------------------------------------------------------------------- SH colour
+_SH_C1 = 0.4886025119029199
+_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154, -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+
+
+def eval_sh(coeffs: torch.Tensor, means: torch.Tensor, cam_center: torch.Tensor, degree: int) -> torch.Tensor:
+    """RGB [N, 3] from real SH coefficients [N, K, 3] seen from ``cam_center`` (3DGS basis, +0.5, clamped at 0)."""
+    d = torch.nn.functional.normalize(means - cam_center, dim=-1)
+    x, y, z = d.unbind(-1)
+    basis = [torch.full_like(x, SH_C0)]
+    if degree >= 1:
+        basis += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+        basis += [_SH_C2[0] * xy, _SH_C2[1] * yz, _SH_C2[2] * (2 * zz - xx - yy), _SH_C2[3] * xz, _SH_C2[4] * (xx - yy)]
+    if degree >= 3:
+        basis += [
+            _SH_C3[0] * y * (3 * xx - yy),
+            _SH_C3[1] * xy * z,
+            _SH_C3[2] * y * (4 * zz - xx - yy),
+            _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
+            _SH_C3[4] * x * (4 * zz - xx - yy),
+            _SH_C3[5] * z * (xx - yy),
+            _SH_C3[6] * x * (xx - 3 * yy),
+        ]
+    B = torch.stack(basis, -1)  # [N, (d+1)^2]
+    return (torch.einsum("nk,nkc->nc", B, coeffs[:, : B.shape[1]]) + 0.5).clamp(min=0.0)
