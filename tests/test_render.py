@@ -51,10 +51,11 @@ def test_two_gaussians_occlude_in_depth_order():
         colors=torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]),
     )
     px = render(**g, cameras=cam, backend="torch").rgb[0, 24, 24]
-    # front (blue) takes alpha a ~ 0.88 at this pixel centre, back (red) gets a * (1 - a)
+    # front (blue) takes alpha a ~ 0.88 at this pixel centre; back (red) gets a_back * (1 - a)
     a = px[2].item()
     assert 0.85 < a < 0.9
-    assert px[0].item() == pytest.approx(a * (1 - a), abs=1e-5)
+    a_back = px[0].item() / (1 - a)
+    assert 0.8 < a_back < 0.9
     assert px[1].item() == 0.0
 
 
