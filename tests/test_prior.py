@@ -231,7 +231,9 @@ def test_pose_conventions():
     uv_yaw, _ = project_points(head.anchors["nose_tip"][None], look_at_head(pose_from_euler(20, 0, 0), 0.6), fx, fy, cx, cy)
     assert uv_yaw[0, 0] > cx + 10  # yaw > 0: the face turns toward the image's right
     uv_pitch, _ = project_points(head.anchors["nose_tip"][None], look_at_head(pose_from_euler(0, 15, 0), 0.6), fx, fy, cx, cy)
-    assert uv_pitch[0, 1] > uv0[0, 1] + 10  # pitch > 0: the face tips down
+    assert uv_pitch[0, 1] < uv0[0, 1] - 10  # pitch > 0: looking up, the nose rises in the image
+    uv_roll, _ = project_points(head.anchors["crown"][None], look_at_head(pose_from_euler(0, 0, 15), 0.6), fx, fy, cx, cy)
+    assert uv_roll[0, 0] > cx + 10  # roll > 0: leaning to their left shoulder, the crown goes right
 
 
 def test_fit_recovers_pose_and_apparent_size():

@@ -15,9 +15,10 @@ Conventions (used by everything downstream of the fit):
 * **Head pose** ``head_rotation`` R_head [3, 3]: how the head is turned relative to a
   camera straight in front of it. ``world_to_camera[:3, :3] = FRONT_VIEW @ R_head`` where
   ``FRONT_VIEW`` is the rotation of a camera on the -Y axis looking at the face, upright.
-  ``pose_from_euler(yaw, pitch, roll) = Rz(yaw) @ Rx(pitch) @ Ry(roll)`` (degrees):
-  yaw > 0 turns the face toward +X (the subject's left, the image's right); pitch > 0
-  tips the face down (chin toward the chest); roll > 0 tilts the crown toward +X.
+  ``pose_from_euler(yaw, pitch, roll) = Rz(yaw) @ Rx(-pitch) @ Ry(roll)`` (degrees), with
+  the signs of ``backend.face.pose``: yaw > 0 the subject turned to their left (the nose
+  moves toward the image's right); pitch > 0 looking up (chin raised); roll > 0 the head
+  leans toward the subject's left shoulder (the crown moves toward +X).
 * **Scale:** one photo cannot tell a big head far away from a small head close by (a
   pinhole image is unchanged when the scene and the camera distance scale together). So
   the overall ``scale`` is an input (default 1.0 = the average adult template) unless the
@@ -88,14 +89,14 @@ def _rz(deg):
 
 
 def pose_from_euler(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
-    """R_head = Rz(yaw) @ Rx(pitch) @ Ry(roll), angles in degrees (see module docstring)."""
-    return _rz(yaw) @ _rx(pitch) @ _ry(roll)
+    """R_head = Rz(yaw) @ Rx(-pitch) @ Ry(roll), angles in degrees (see module docstring)."""
+    return _rz(yaw) @ _rx(-pitch) @ _ry(roll)
 
 
 def euler_from_pose(r_head: np.ndarray) -> tuple[float, float, float]:
     """(yaw, pitch, roll) in degrees with ``pose_from_euler(*euler_from_pose(R)) == R``."""
     r = np.asarray(r_head, dtype=np.float64)
-    pitch = np.arcsin(np.clip(r[2, 1], -1.0, 1.0))
+    pitch = -np.arcsin(np.clip(r[2, 1], -1.0, 1.0))
     yaw = np.arctan2(-r[0, 1], r[1, 1])
     roll = np.arctan2(-r[2, 0], r[2, 2])
     return float(np.degrees(yaw)), float(np.degrees(pitch)), float(np.degrees(roll))
