@@ -1,0 +1,42 @@
+"""PortraitSplat for Blender: one portrait photo in, a Gaussian-splat head out.
+
+This package is a Blender extension (see ``blender_manifest.toml``). Importing it does not
+import ``bpy``: the bpy layer (props, prefs, ops, ui, sync, splats, turntable) loads inside
+:func:`register`, so ``blender_addon.core`` stays usable from the backend and from tests.
+"""
+from __future__ import annotations
+
+_registered: list = []
+
+
+def _modules():
+    from . import ops, prefs, props, ui
+
+    return props, prefs, ops, ui
+
+
+def register() -> None:
+    import bpy
+
+    from . import ops, props
+
+    for module in _modules():
+        for cls in module.classes:
+            bpy.utils.register_class(cls)
+            _registered.append(cls)
+    props.register_properties()
+    bpy.types.TOPBAR_MT_file_import.append(ops.menu_import)
+    bpy.types.TOPBAR_MT_file_export.append(ops.menu_export)
+
+
+def unregister() -> None:
+    import bpy
+
+    from . import ops, props, sync
+
+    sync.shutdown_all()
+    bpy.types.TOPBAR_MT_file_export.remove(ops.menu_export)
+    bpy.types.TOPBAR_MT_file_import.remove(ops.menu_import)
+    props.unregister_properties()
+    while _registered:
+        bpy.utils.unregister_class(_registered.pop())
