@@ -80,12 +80,13 @@ def optimise(
             strategy.step_post_backward(model.params, model.optimizers, state, step, out.info, packed=False)
         model.step(step)
         last = {k: float(v.detach()) for k, v in losses.items()}
+        total = float(loss.detach())
         if on_step is not None:
             on_step(step, last)
         if reporter is not None:
             done = step + 1
             eta = (time.perf_counter() - t0) / done * (cfg.steps - done)
-            reporter.progress(cfg.stage, done, cfg.steps, f"loss {float(loss):.4f}, {len(model)} splats, eta {eta:.0f}s")
+            reporter.progress(cfg.stage, done, cfg.steps, f"loss {total:.4f}, {len(model)} splats, eta {eta:.0f}s")
             if cfg.preview_every and (done % cfg.preview_every == 0 or done == cfg.steps):
                 reporter.preview(model.to_splats(), done)
     return last

@@ -1,0 +1,118 @@
+"""The weight-free photo pipeline end to end on the astronaut photo, plus bad inputs."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from backend.errors import InputImageError, NoFaceError
+from backend.image_io import load_image
+from backend.pipelines import photo
+from blender_addon.core.splat_ply import read_ply
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+PHOTO = REPO / "examples" / "astronaut.jpg"
+
+
+class Recorder:
+    def __init__(self):
+        self.stages, self.previews = [], []
+
+    def progress(self, stage, step, total, message=""):
+        self.stages.append((stage, step, total))
+
+    def preview(self, splats, step):
+        self.previews.append((step, len(splats)))
+
+    def cancelled(self):
+        return False
+
+
+@pytest.fixture(scope="module")
+def astronaut_result():
+    rec = Recorder()
+    result = photo.run(load_image(PHOTO), preset="default", seed=0, options={"turntable_frames": 4}, reporter=rec)
+    return result, rec
+
+
+def test_front_render_matches_the_photo_crop(astronaut_result):
+    result, _ = astronaut_result
+    m = result.metrics
+    # inside the head's silhouette, from the photo's own camera
+    assert m["front_psnr_db"] >= 28.0, m
+    assert m["front_ssim"] >= 0.9, m
+    assert m["template_reprojection_px"] < 10.0, m
+
+
+def test_gaussians_fill_a_head_sized_volume_back_included(astronaut_result):
+    s = astronaut_result[0].splats
+    s.check_finite()
+    assert len(s) >= 10_000
+    lo, hi = np.percentile(s.means, 1, axis=0), np.percentile(s.means, 99, axis=0)
+    extent = hi - lo  # metres: x ear to ear, y face to back, z chin/neck to crown
+    assert 0.12 < extent[0] < 0.25 and 0.15 < extent[1] < 0.28 and 0.18 < extent[2] < 0.35, extent
+    back = (s.means[:, 1] > 0.05) & (s.opacity() > 0.5)  # +Y is behind the face
+    assert back.sum() > 500, back.sum()
+    # the back of the head is not white background: it is opaque, coloured splats
+    assert s.rgb()[back].mean() < 0.85
+
+
+def test_turntable_back_view_is_covered(astronaut_result):
+    result, _ = astronaut_result
+    frames = result.turntable
+    assert len(frames) == 4 and frames[0].shape == (192, 192, 3) and frames[0].dtype == np.uint8
+    back = frames[2].astype(np.float32) / 255  # azimuth 180: seen from behind
+    covered = (back < 0.9).any(-1).mean()
+    assert covered > 0.2, covered
+
+
+def test_progress_and_previews_stream(astronaut_result):
+    _, rec = astronaut_result
+    stages = [s for s, _, _ in rec.stages]
+    for stage in ("face", "init", "optimise", "turntable"):
+        assert stage in stages
+    opt = [(step, total) for s, step, total in rec.stages if s == "optimise"]
+    assert opt[-1][0] == opt[-1][1] == photo.PRESETS["default"].steps
+    assert len(rec.previews) >= 5 and rec.previews[0][0] == 0
+
+
+def test_paper_init_matches_method_a1():
+    img = load_image(PHOTO)
+    from backend.face import analyse_face
+    from backend.prior.fit import fit_head
+
+    face = analyse_face(img)
+    fit = fit_head(face.landmarks2d, (img.shape[1], img.shape[0]), landmarks3d=face.landmarks3d)
+    mesh = fit.mesh()
+    s, _, visible = photo.initial_splats(mesh, fit, img, photo.PRESETS["paper_init"], np.random.default_rng(0))
+    assert len(s) == 10_000
+    np.testing.assert_allclose(s.opacity(), 0.2, atol=1e-6)
+    np.testing.assert_allclose(s.scales(), 0.02 * mesh.params.height, rtol=1e-5)
+    np.testing.assert_array_equal(s.quats, np.tile(np.float32([1, 0, 0, 0]), (10_000, 1)))
+    np.testing.assert_array_equal(s.sh0, 0)
+    assert not visible.any()
+
+
+def test_no_face_is_a_typed_error():
+    noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    with pytest.raises(NoFaceError):
+        photo.run(noise, preset="preview")
+
+
+def test_cli_writes_ply_and_turntable_and_reports_bad_input(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "backend", "generate", str(PHOTO), "--pipeline", "photo", "--preset", "preview", "--out", str(out), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    s = read_ply(out / "head.ply")
+    assert len(s) == 3000
+    assert len(list((out / "turntable").glob("*.png"))) == photo.PRESETS["preview"].turntable_frames
+    assert json.loads((out / "metrics.json").read_text())["n_splats"] == 3000
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    done = subprocess.run(cmd[:4] + [str(bad)] + cmd[5:], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 1
+    assert "error [bad_image]" in done.stderr and "hint:" in done.stderr
