@@ -1,0 +1,1 @@
+"""Gaussian splat core: model, renderer, cameras, densification strategies and PLY."""
