@@ -1,5 +1,6 @@
 """Operators: each ``execute`` hands off to sync/splats/turntable/core and reports."""
 
+import json
 import os
 
 import bpy
@@ -56,13 +57,21 @@ class PORTRAITSPLAT_OT_generate(bpy.types.Operator):
     bl_idname = "portraitsplat.generate"
     bl_label = "Generate"
 
+    pipeline: StringProperty(name="Pipeline", description="Override the panel's pipeline (scripts)", options={"SKIP_SAVE"})
+    options: StringProperty(name="Options", description="Extra pipeline options as JSON (scripts)", options={"SKIP_SAVE"})
+
     @classmethod
     def poll(cls, context):
         return not sync.runtime(context).active_job
 
     def execute(self, context):
         try:
-            job_id = sync.submit(context, context.scene.portraitsplat)
+            options = json.loads(self.options) if self.options else {}
+        except ValueError as exc:
+            self.report({"ERROR"}, f"Options are not valid JSON: {exc}")
+            return {"CANCELLED"}
+        try:
+            job_id = sync.submit(context, context.scene.portraitsplat, pipeline=self.pipeline, options=options)
         except sync.UserError as exc:
             sync.set_status(context, exc.message, error=True, hint=exc.hint)
             return _report_user_error(self, exc)

@@ -31,7 +31,7 @@ class UserError(Exception):
     """Something the user can fix; ``hint`` says how. Operators report it, nothing more."""
 
     def __init__(self, message: str, hint: str = ""):
-        super().__init__(f"{message}. {hint}" if hint else message)
+        super().__init__(f"{message.rstrip('.')}. {hint}" if hint else message)
         self.message = message
         self.hint = hint
 
@@ -168,33 +168,55 @@ def _stop_process() -> None:
 def pipeline_available(context, pipeline: str) -> tuple[bool, str]:
     """(available, reason) from the backend's ``welcome``; unknown before connecting."""
     welcome = _conn.welcome
-    if welcome is None:
+    if welcome is None or pipeline in welcome.pipelines:
         return True, ""
-    if pipeline in welcome.pipelines:
-        return True, ""
-    return False, welcome.unavailable.get(pipeline, "this backend does not offer it")
+    if pipeline in welcome.unavailable:
+        return False, welcome.unavailable[pipeline]
+    if not welcome.pipelines and welcome.worker_state in ("starting", "restarting"):
+        return True, ""  # not known until the worker is up; the server queues the job meanwhile
+    return False, "this backend does not offer it"
+
+
+def _refresh_welcome(context) -> None:
+    """Ask again once the worker is ready: the first welcome may predate it."""
+    client, welcome = _conn.client, _conn.welcome
+    hb = getattr(client, "last_heartbeat", None)
+    up = ("ready", "busy")
+    if welcome is None or welcome.worker_state in up or hb is None or hb.worker_state not in up:
+        return
+    try:
+        _conn.welcome = welcome = client.connect(timeout=5.0)
+    except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
+        print(f"PortraitSplat: could not refresh the backend's welcome: {exc}")
+        return
+    rt = runtime(context)
+    rt.available_pipelines = ",".join(welcome.pipelines)
+    rt.backend_info = f"{welcome.server_version} on {welcome.device}"
 
 
 # --------------------------------------------------------------------------- jobs
-def submit(context, settings) -> str:
+def submit(context, settings, *, pipeline: str = "", options: dict | None = None) -> str:
+    """Queue a job from the panel settings; ``pipeline``/``options`` override them (scripts)."""
     from .props import style_prompt
 
+    pipeline = pipeline or settings.pipeline
     path = bpy.path.abspath(settings.photo)
     if not settings.photo or not os.path.isfile(path):
         raise UserError(f"No photo at '{settings.photo}'", "Pick a portrait photo (JPEG or PNG) in the panel")
     connect(context)
-    ok, why = pipeline_available(context, settings.pipeline)
+    ok, why = pipeline_available(context, pipeline)
     if not ok:
-        raise UserError(f"The '{settings.pipeline}' pipeline is unavailable: {why}", "Pick another pipeline, or fix the backend")
+        raise UserError(f"The '{pipeline}' pipeline is unavailable: {why}", "Pick another pipeline, or fix the backend")
     with open(path, "rb") as fh:
         image = fh.read()
     job_id = _call(
         lambda c: c.submit(
             image,
-            pipeline=settings.pipeline,
+            pipeline=pipeline,
             preset=settings.preset,
             seed=settings.seed,
-            style_prompt=style_prompt(settings) if settings.pipeline != "photo" else "",
+            style_prompt=style_prompt(settings) if pipeline != "photo" else "",
+            options=options or {},
             image_name=os.path.basename(path),
         )
     )
@@ -283,6 +305,7 @@ def tick():
             handle_message(context, msg)
         except UserError as exc:
             set_status(context, exc.message, error=True, hint=exc.hint)
+    _refresh_welcome(context)
     if messages:
         _redraw(context)
     return TICK_BUSY if runtime(context).active_job else TICK_IDLE

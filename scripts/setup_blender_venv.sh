@@ -46,5 +46,5 @@ if [ "$have" != "$BPY_VERSION" ]; then
     echo "installing bpy==$BPY_VERSION (about 375 MB) into $VENV"
     "${PIP[@]}" install "bpy==$BPY_VERSION" "numpy>=1.26,<2"
 fi
-"${PIP[@]}" install "numpy>=1.26,<2" "pyzmq>=25" "plyfile>=1.0" "pytest>=8" "pytest-timeout" "pillow>=10"
+"${PIP[@]}" install "numpy>=1.26,<2" "pyzmq>=25" "plyfile>=1.0" "pytest>=8" "pytest-timeout"
 "$VENV/bin/python" -c 'import bpy, numpy; print("bpy", bpy.app.version_string, "numpy", numpy.__version__)'

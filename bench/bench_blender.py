@@ -1,0 +1,130 @@
+"""Blender-side throughput: splat import, in-place preview updates, turntable frames.
+
+    .venv-blender/bin/python bench/bench_blender.py [--counts 100000,1000000] [--update 100000]
+        [--render-splats 20000] [--sizes 64,256] [--samples 16] [--repeats 3]
+
+Run it in the bpy venv (scripts/setup_blender_venv.sh). Scene: a head-sized ellipsoid shell
+(0.15 x 0.19 x 0.23 m), std-devs ~6 mm, opacity 0.6-0.99. Prints one line per figure:
+
+- import: ``create_splat_object`` (mesh + every attribute via foreach_set + GN modifier),
+  then the first depsgraph evaluation of the display (ellipsoids, or points above the
+  point-mode threshold);
+- update: ``update_splat_object`` with a same-size cloud (a live preview), and with a
+  different size (clear + re-add on the same mesh);
+- turntable: one Cycles frame (CPU) of ``render_turntable``, ellipsoids and points.
+
+Figures only; nothing here asserts a time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="portraitsplat-bench-"))
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+
+from blender_addon import splats, turntable  # noqa: E402
+from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0  # noqa: E402
+
+
+def head(n: int, seed: int = 0) -> SplatArrays:
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(n, 3)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    rgb = np.clip(np.array([0.8, 0.56, 0.45]) + 0.08 * rng.normal(size=(n, 3)), 0, 1)
+    return SplatArrays(
+        means=(d * np.array([0.075, 0.095, 0.115], np.float32)).astype(np.float32),
+        quats=rng.normal(size=(n, 4)).astype(np.float32),
+        log_scales=(np.log(0.006) + 0.3 * rng.normal(size=(n, 3))).astype(np.float32),
+        opacity_logits=logit(rng.uniform(0.6, 0.99, size=n)),
+        sh0=rgb_to_sh0(rgb),
+    )
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fresh() -> None:
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+
+
+def bench_import(n: int, repeats: int) -> None:
+    cloud = head(n)
+    create, evaluate = [], []
+    for _ in range(repeats):
+        fresh()
+        t0 = time.perf_counter()
+        obj = splats.create_splat_object(bpy.context.scene, "bench", cloud)
+        t1 = time.perf_counter()
+        obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+        t2 = time.perf_counter()
+        create.append(t1 - t0)
+        evaluate.append(t2 - t1)
+    mode = "points" if n > splats.POINT_MODE_THRESHOLD else "ellipsoids"
+    print(f"import   {n:>9,} splats: create {statistics.median(create) * 1e3:8.1f} ms, "
+          f"first evaluation ({mode}) {statistics.median(evaluate) * 1e3:8.1f} ms")  # fmt: skip
+
+
+def bench_update(n: int, repeats: int) -> None:
+    fresh()
+    obj = splats.create_splat_object(bpy.context.scene, "bench", head(n))
+    clouds = [head(n, seed=s) for s in range(1, 4)]
+    i = iter(range(10**9))
+    same = timed(lambda: splats.update_splat_object(obj, clouds[next(i) % 3]), repeats)
+    sizes = [head(n + 1000 * (k % 2), seed=k) for k in range(2)]
+    j = iter(range(10**9))
+    resize = timed(lambda: splats.update_splat_object(obj, sizes[next(j) % 2]), repeats)
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    ev = timed(lambda: (splats.update_splat_object(obj, clouds[next(i) % 3]), depsgraph.update()), repeats) - same
+    print(f"update   {n:>9,} splats: same count {same * 1e3:8.1f} ms, new count {resize * 1e3:8.1f} ms, "
+          f"+ display re-evaluation {ev * 1e3:8.1f} ms")  # fmt: skip
+
+
+def bench_render(n: int, sizes: list[int], samples: int, repeats: int) -> None:
+    out = tempfile.mkdtemp(prefix="portraitsplat-bench-tt-")
+    for points in (False, True):
+        fresh()
+        obj = splats.create_splat_object(bpy.context.scene, "bench", head(n))
+        splats.set_display(obj, points=points)
+        for size in sizes:
+            s = turntable.TurntableSettings(frames=8, resolution=size, samples=samples, output_dir=out, video=False)
+            sec = timed(lambda: turntable.render_turntable(bpy.context.scene, obj, s, only_frames=[0]), repeats)
+            mode = "points" if points else "ellipsoids"
+            print(f"turntable {n:>8,} splats {mode:<10} Cycles CPU {size:>4} px, {samples} spp: {sec:6.2f} s/frame")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--counts", default="100000,1000000")
+    ap.add_argument("--update", type=int, default=100_000)
+    ap.add_argument("--render-splats", type=int, default=20_000)
+    ap.add_argument("--sizes", default="64,256")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    print(f"Blender {bpy.app.version_string}, numpy {np.__version__}, {os.cpu_count()} CPUs")
+    for n in (int(c) for c in args.counts.split(",") if c):
+        bench_import(n, args.repeats)
+    if args.update:
+        bench_update(args.update, args.repeats)
+    if args.render_splats:
+        bench_render(args.render_splats, [int(s) for s in args.sizes.split(",")], args.samples, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
