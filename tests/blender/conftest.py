@@ -6,6 +6,7 @@ Every test module here is marked ``blender`` and skips cleanly when ``bpy`` is a
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -20,7 +21,8 @@ if str(REPO) not in sys.path:
 
 # Keep Blender's user config, extensions and caches out of the home folder. Must be set
 # before bpy is first imported.
-os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="portraitsplat-blender-user-"))
+if importlib.util.find_spec("bpy") is not None and "BLENDER_USER_RESOURCES" not in os.environ:
+    os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="portraitsplat-blender-user-")
 
 
 def synthetic_head(n: int = 2000, seed: int = 0, sh_rest: int = 0):
