@@ -18,7 +18,7 @@ def _modules():
 def register() -> None:
     import bpy
 
-    from . import ops, props
+    from . import ops, props, sync
 
     for module in _modules():
         for cls in module.classes:
@@ -27,6 +27,7 @@ def register() -> None:
     props.register_properties()
     bpy.types.TOPBAR_MT_file_import.append(ops.menu_import)
     bpy.types.TOPBAR_MT_file_export.append(ops.menu_export)
+    bpy.app.handlers.load_post.append(sync.on_load_post)
 
 
 def unregister() -> None:
@@ -35,6 +36,8 @@ def unregister() -> None:
     from . import ops, props, sync
 
     sync.shutdown_all()
+    if sync.on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(sync.on_load_post)
     bpy.types.TOPBAR_MT_file_export.remove(ops.menu_export)
     bpy.types.TOPBAR_MT_file_import.remove(ops.menu_import)
     props.unregister_properties()

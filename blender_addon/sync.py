@@ -116,21 +116,10 @@ def connect(context, timeout: float = 15.0):
         raise UserError(str(exc), "Restart the backend, or check the connection settings") from exc
     try:
         welcome = client.connect(timeout=timeout)
-    except protocol_mod.ProtocolError as exc:
+    except (protocol_mod.ProtocolError, client_mod.ServiceError) as exc:
         client.close()
         _stop_process()
-        if exc.code == "version_mismatch":
-            raise UserError(
-                f"The backend speaks protocol {exc.message}, this add-on speaks {protocol_mod.PROTOCOL_VERSION}",
-                "Install matching versions of the add-on and the backend (same PortraitSplat release)",
-            ) from exc
-        if exc.code == "bad_signature":
-            raise UserError("The backend rejected our signature", "Copy the key from the backend's connection file") from exc
-        raise UserError(f"Backend protocol error: {exc}") from exc
-    except client_mod.ServiceError as exc:
-        client.close()
-        _stop_process()
-        raise UserError(f"Backend not reachable: {exc.message}", exc.hint) from exc
+        raise _connect_error(exc, protocol_mod.PROTOCOL_VERSION) from exc
     _conn.client, _conn.welcome = client, welcome
     rt = runtime(context)
     rt.connected = True
@@ -139,6 +128,21 @@ def connect(context, timeout: float = 15.0):
     set_status(context, f"Connected: backend {welcome.server_version}, {welcome.device}")
     ensure_timer()
     return welcome
+
+
+def _connect_error(exc, our_version: str) -> UserError:
+    """Turn a failed handshake into what the user should do about it."""
+    code, message = getattr(exc, "code", ""), getattr(exc, "message", str(exc))
+    if code == "version_mismatch":
+        return UserError(
+            f"The backend speaks another protocol version than this add-on ({our_version}): {message}",
+            "Install the add-on and the backend from the same PortraitSplat release",
+        )
+    if code == "bad_signature":
+        return UserError("The backend rejected our signature", "Copy the key from the backend's connection file")
+    if code == "timeout":
+        return UserError(f"Backend not reachable: {message}", getattr(exc, "hint", ""))
+    return UserError(f"Backend refused the connection: {message}", getattr(exc, "hint", ""))
 
 
 def disconnect(context, *, stop_backend: bool = True) -> None:
@@ -248,7 +252,10 @@ def refresh_jobs(context) -> None:
         item.job_id = str(rec.get("job_id", ""))
         item.state = str(rec.get("state", ""))
         item.pipeline = str(rec.get("pipeline", ""))
-        item.label = str(rec.get("image_name") or rec.get("created") or item.job_id)
+        n = rec.get("n_gaussians")
+        item.label = f"{rec.get('image_name') or item.job_id} ({item.pipeline}/{rec.get('preset', '')}" + (
+            f", {n:,} splats)" if n else ")"
+        )
 
 
 def import_result(context, job_id: str) -> bpy.types.Object:
@@ -353,6 +360,19 @@ def _redraw(context) -> None:
         for area in window.screen.areas:
             if area.type == "VIEW_3D":
                 area.tag_redraw()
+
+
+@bpy.app.handlers.persistent
+def on_load_post(*_args) -> None:
+    """A newly loaded file brings fresh window-manager properties: show the live connection."""
+    try:
+        rt = runtime()
+    except (AttributeError, IndexError):
+        return
+    rt.connected = _conn.client is not None
+    if _conn.welcome is not None:
+        rt.available_pipelines = ",".join(_conn.welcome.pipelines)
+        rt.backend_info = f"{_conn.welcome.server_version} on {_conn.welcome.device}"
 
 
 def shutdown_all() -> None:

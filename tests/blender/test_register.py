@@ -44,6 +44,7 @@ def test_register_unregister_twice(bpy_clean):
 
         assert props._previews["collection"] is None
         assert not bpy.app.timers.is_registered(sync.tick)
+        assert not any(getattr(h, "__module__", "").startswith("blender_addon") for h in bpy.app.handlers.load_post)
 
 
 def test_core_imports_without_bpy_even_in_blender_python():

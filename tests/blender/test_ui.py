@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.blender
 bpy = pytest.importorskip("bpy")
 
-from conftest import synthetic_head  # noqa: E402
+from conftest import REPO, synthetic_head  # noqa: E402
 
 
 class FakeLayout:
@@ -86,6 +86,13 @@ def test_panels_draw_idle_and_busy(addon):
     assert ("progress", pytest.approx(0.4)) in calls or any(c[0] == "prop" and c[1] == "progress" for c in calls)
     assert ("label", "Use a frontal photo") in calls
     assert [c[2] for c in calls if c[0] == "prop_enum"] == ["photo", "stylize", "instax"]
+    ctx.scene.portraitsplat.photo = str(REPO / "examples" / "astronaut.jpg")
+    _draw(ui.PORTRAITSPLAT_PT_main, ctx)
+    from blender_addon import props
+
+    # Background Blender makes no icons (icon_id stays 0), but the thumbnail must have loaded.
+    previews = list(props._previews["collection"].values())
+    assert len(previews) == 1 and tuple(previews[0].image_size) == (256, 256)
     calls = _draw(ui.PORTRAITSPLAT_PT_splats, ctx)
     assert ("operator", "portraitsplat.display") in calls
     # preferences draw in every connection mode
