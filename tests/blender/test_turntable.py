@@ -73,3 +73,34 @@ def test_turntable_video(addon, tmp_path):
     settings = turntable.TurntableSettings(frames=3, resolution=32, samples=1, output_dir=str(tmp_path), video=True)
     result = turntable.render_turntable(bpy.context.scene, obj, settings)
     assert len(result.frames) == 3 and result.video and (tmp_path / "turntable.mp4").stat().st_size > 0
+
+
+def test_turntable_spin_turns_the_object_and_restores_it(addon, tmp_path):
+    from blender_addon import splats, turntable
+
+    obj = splats.create_splat_object(bpy.context.scene, "head", synthetic_head(300, seed=14), tag="tt4")
+    obj.rotation_euler[2] = 0.25
+    scene = bpy.context.scene
+    settings = turntable.TurntableSettings(mode="SPIN", frames=4, resolution=32, output_dir=str(tmp_path), video=False)
+    cam = turntable.setup_turntable(scene, obj, settings)
+    scene.frame_set(scene.frame_start)
+    cam0 = np.array(cam.matrix_world.translation)
+    assert obj.rotation_euler[2] == pytest.approx(0.25)
+    scene.frame_set(scene.frame_start + 1)
+    assert obj.rotation_euler[2] == pytest.approx(0.25 - np.pi / 2, abs=1e-5)
+    np.testing.assert_allclose(np.array(cam.matrix_world.translation), cam0)  # the camera stays
+    turntable.remove_turntable(scene, obj)
+    assert obj.rotation_euler[2] == pytest.approx(0.25)
+    assert obj.animation_data is None or len(obj.animation_data.drivers) == 0
+
+
+def test_turntable_operator_uses_the_panel_settings(addon, tmp_path):
+    from blender_addon import splats
+
+    obj = splats.create_splat_object(bpy.context.scene, "head", synthetic_head(200, seed=15), tag="tt5")
+    bpy.context.view_layer.update()
+    bpy.context.view_layer.objects.active = obj
+    tt = bpy.context.scene.portraitsplat_turntable
+    tt.frames, tt.resolution, tt.samples, tt.output_dir, tt.video = 2, 32, 1, str(tmp_path) + "/", False
+    assert bpy.ops.portraitsplat.turntable() == {"FINISHED"}
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["turntable_0001.png", "turntable_0002.png"]
