@@ -15,6 +15,7 @@ Options (all optional):
     fail_at        step at which to misbehave (default: never), as ``fail_mode`` says:
     fail_mode      "error"   raise PortraitSplatError(code=fail_code)
                    "oom"     raise RuntimeError("CUDA out of memory ...") like torch does
+                   "cuda_oom" allocate 64 TiB on the GPU: a real torch.cuda.OutOfMemoryError
                    "crash"   kill the worker process (SIGKILL)
                    "hang"    sleep ``hang_seconds`` without looking at the reporter
     fail_code      code for "error" (default "synthetic_failure")
@@ -76,6 +77,10 @@ def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: d
                 raise PortraitSplatError("synthetic failure", code=str(opts["fail_code"]), hint="(test pipeline)")
             if mode == "oom":
                 raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (synthetic)")
+            if mode == "cuda_oom":
+                import torch
+
+                torch.empty(1 << 46, dtype=torch.uint8, device="cuda")
             if mode == "crash":
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "hang":

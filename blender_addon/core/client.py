@@ -179,8 +179,10 @@ class Client:
                             raise _service_error(env.message)
                         if isinstance(env.message, Welcome):
                             welcome = env.message
+                    elif isinstance(env.message, TERMINAL):
+                        self._events.append(env.message)  # a job ended meanwhile
                     else:
-                        self._events.append(env.message)
+                        log.debug("ignored a stale %s reply", env.message.msg_type)
                 if self.sub in ready:
                     try:
                         env = self.session.recv(self.sub)
