@@ -367,14 +367,3 @@ def ensure_material(name: str, attribute_type: str, color_name: str = "color"):
     _link(tree, mix.outputs[0], out.inputs["Surface"])
     mat.diffuse_color = (0.8, 0.6, 0.5, 1.0)  # solid-mode viewport colour
     return mat
-
-
-def remove_unused_display_data() -> None:
-    """Drop our node group and materials when no object uses them any more."""
-    group = bpy.data.node_groups.get(NODE_GROUP_NAME)
-    if group is not None and group.users == 0:
-        bpy.data.node_groups.remove(group)
-    for name in (MATERIAL_ELLIPSOID, MATERIAL_POINT):
-        mat = bpy.data.materials.get(name)
-        if mat is not None and mat.users == 0:
-            bpy.data.materials.remove(mat)

@@ -13,6 +13,7 @@ in ``ops.py`` are thin wrappers that forward errors to ``self.report``.
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .prefs import default_state_dir, get_prefs
 
 TICK_BUSY = 0.1  # seconds between polls while a job runs
 TICK_IDLE = 1.0
+HEARTBEAT_TIMEOUT = 10.0  # seconds without a heartbeat before the panel warns
 
 
 class UserError(Exception):
@@ -312,10 +314,28 @@ def tick():
             handle_message(context, msg)
         except UserError as exc:
             set_status(context, exc.message, error=True, hint=exc.hint)
+        except Exception as exc:  # noqa: BLE001 - an exception would unregister the timer
+            traceback.print_exc()
+            set_status(context, f"Could not handle the backend's {getattr(msg, 'msg_type', '?')}: {exc}", error=True)
+    _check_alive(context)
     _refresh_welcome(context)
     if messages:
         _redraw(context)
     return TICK_BUSY if runtime(context).active_job else TICK_IDLE
+
+
+def _check_alive(context) -> None:
+    """Say so when a launched backend has exited or the heartbeats stop."""
+    if _conn.process is not None and not _conn.process.alive():
+        code, log_path = _conn.process.stop(), _conn.process.log_path
+        _conn.process = None
+        disconnect(context, stop_backend=False)
+        set_status(context, f"The backend exited (code {code})", error=True, hint=f"See its log at {log_path}, then press Connect")
+        return
+    silent = _conn.client.seconds_since_heartbeat() if _conn.client is not None else None
+    if silent is not None and silent > HEARTBEAT_TIMEOUT:
+        set_status(context, f"No heartbeat from the backend for {silent:.0f} s", error=True,
+                   hint="Is it still running? Disconnect and Connect again to restart it")  # fmt: skip
 
 
 def handle_message(context, msg) -> None:

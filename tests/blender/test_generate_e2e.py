@@ -142,3 +142,15 @@ def test_end_to_end_photo_pipeline_preview(launched):
     co = co.reshape(-1, 3)
     height = np.percentile(co[:, 2], 99) - np.percentile(co[:, 2], 1)
     assert 0.1 < height < 0.5, height
+
+
+def test_backend_exit_is_reported(launched):
+    sync = launched
+    assert bpy.ops.portraitsplat.connect() == {"FINISHED"}
+    proc = sync.connection().process
+    proc.popen.kill()  # the backend this test launched
+    proc.popen.wait(timeout=10)
+    assert sync.tick() is not None
+    rt = sync.runtime()
+    assert not rt.connected and rt.status_is_error and "backend exited" in rt.status and "backend.log" in rt.hint
+    assert sync.tick() is None, "the timer stops once disconnected"
