@@ -2,6 +2,7 @@
 
     generate PHOTO --pipeline photo --out DIR    run a pipeline here (or --connect F: through a server)
     serve / ping                                 the ZeroMQ service (backend.service_cli)
+    models check | download [--only NAME ...]    pretrained weights (backend.models)
 """
 from __future__ import annotations
 
@@ -105,5 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         service_cli = None
     if service_cli is not None and hasattr(service_cli, "add_parsers"):
         service_cli.add_parsers(sub)
+    from backend.models import add_models_parser  # models check | download
+
+    add_models_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -11,7 +11,9 @@ Modules, one job each:
   :data:`FACE_OVAL`; "left" is the subject's left);
 - ``pose``: rough yaw/pitch/roll from the 3D landmarks;
 - ``crop``: square head crops;
-- ``analyse``: :func:`analyse_face`, which chains them and raises the typed errors.
+- ``analyse``: :func:`analyse_face`, which chains them and raises the typed errors;
+- ``identity``: :func:`analyse_identity` and :class:`FaceResult`, one result type for both
+  backends (insightface with the 512-d ArcFace embedding when installed, else MediaPipe).
 
 Usage::
 
@@ -29,11 +31,12 @@ no loader for it is offered here.
 from backend.face.analyse import FaceAnalysis, analyse_face
 from backend.face.crop import crop_face, square_crop
 from backend.face.detect import FaceBox, detect_faces
+from backend.face.identity import FaceResult, analyse_identity, choose_backend, insightface_available
 from backend.face.landmarks import FACE_OVAL, LANDMARKS, LEFT_IRIS, N_LANDMARKS, RIGHT_IRIS
 from backend.face.pose import head_pose, head_rotation
 
 __all__ = [
     "FACE_OVAL", "LANDMARKS", "LEFT_IRIS", "N_LANDMARKS", "RIGHT_IRIS",
-    "FaceAnalysis", "FaceBox", "analyse_face", "crop_face", "detect_faces", "head_pose",
-    "head_rotation", "square_crop",
+    "FaceAnalysis", "FaceBox", "FaceResult", "analyse_face", "analyse_identity", "choose_backend",
+    "crop_face", "detect_faces", "head_pose", "head_rotation", "insightface_available", "square_crop",
 ]
