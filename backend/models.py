@@ -620,8 +620,10 @@ class SD15:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
-def _dtype_device(module, dtype, device):
-    return module.to(device=device, dtype=dtype) if dtype is not None else module.to(device=device)
+def _dt(dtype) -> dict:
+    """``from_pretrained`` keyword for a dtype (diffusers and transformers both take ``dtype=``):
+    loading in the target dtype keeps the modules that must stay float32 in float32."""
+    return {"dtype": dtype} if dtype is not None else {}
 
 
 def load_sd15(path: Path | str | None = None, *, dtype: "torch.dtype | None" = None, device: str = "cpu",
@@ -639,17 +641,16 @@ def load_sd15(path: Path | str | None = None, *, dtype: "torch.dtype | None" = N
     sched_cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[scheduler]
 
     def go():
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", variant=_variant(folder / "unet"))
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=_variant(folder / "vae"))
-        te = CLIPTextModel.from_pretrained(folder / "text_encoder", variant=_variant(folder / "text_encoder"))
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", variant=_variant(folder / "unet"), **_dt(dtype))
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=_variant(folder / "vae"), **_dt(dtype))
+        te = CLIPTextModel.from_pretrained(folder / "text_encoder", variant=_variant(folder / "text_encoder"), **_dt(dtype))
         tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         sch = sched_cls.from_pretrained(folder, subfolder="scheduler")
         return unet, vae, te, tok, sch
 
     unet, vae, te, tok, sch = _load(name, folder, go)
     for m in (unet, vae, te):
-        m.eval().requires_grad_(False)
-        _dtype_device(m, dtype, device)
+        m.eval().requires_grad_(False).to(device)
     return SD15(unet, vae, te, tok, sch, folder)
 
 
@@ -695,8 +696,6 @@ def load_ip_adapter_faceid(unet, path: Path | str | None = None, *, scale: float
     Call the UNet with ``added_cond_kwargs={"image_embeds": [E]}``, ``E: [B, 1, 512]`` (zeros for
     the unconditional half; note projected zeros are not zero tokens).
     """
-    import torch
-
     path = Path(path) if path is not None else model_path("ip_adapter_faceid")
     if path.is_dir():
         path = path / "ip-adapter-faceid_sd15.bin"
@@ -705,7 +704,7 @@ def load_ip_adapter_faceid(unet, path: Path | str | None = None, *, scale: float
     sd = load_ip_adapter_state_dict(path)
     n_proc = len(unet.attn_processors)
     ids = {int(k.split(".")[0]) for k in sd["ip_adapter"]}
-    if ids and (max(ids) + 1 != n_proc or f"1.to_k_ip.weight" not in sd["ip_adapter"]):
+    if ids and (max(ids) + 1 != n_proc or "1.to_k_ip.weight" not in sd["ip_adapter"]):
         raise _corrupt("ip_adapter_faceid", path, f"it is for a UNet with {max(ids) + 1} attention processors, "
                                                   f"this UNet has {n_proc}")
     try:
@@ -741,9 +740,8 @@ def load_controlnet(path: Path | str | None = None, *, dtype: "torch.dtype | Non
 
     folder = _path_for("controlnet_face", path)
     sub = folder / subfolder if subfolder else folder
-    net = _load("controlnet_face", sub, lambda: ControlNetModel.from_pretrained(sub, variant=_variant(sub)))
-    net.eval().requires_grad_(False)
-    return _dtype_device(net, dtype, device)
+    net = _load("controlnet_face", sub, lambda: ControlNetModel.from_pretrained(sub, variant=_variant(sub), **_dt(dtype)))
+    return net.eval().requires_grad_(False).to(device)
 
 
 def load_taesd(path: Path | str | None = None, *, dtype: "torch.dtype | None" = None, device: str = "cpu") -> Any:
@@ -751,9 +749,8 @@ def load_taesd(path: Path | str | None = None, *, dtype: "torch.dtype | None" = 
     from diffusers import AutoencoderTiny
 
     folder = _path_for("taesd", path)
-    vae = _load("taesd", folder, lambda: AutoencoderTiny.from_pretrained(folder))
-    vae.eval().requires_grad_(False)
-    return _dtype_device(vae, dtype, device)
+    vae = _load("taesd", folder, lambda: AutoencoderTiny.from_pretrained(folder, **_dt(dtype)))
+    return vae.eval().requires_grad_(False).to(device)
 
 
 @dataclass
@@ -788,9 +785,9 @@ def load_mvdream(path: Path | str | None = None, *, dtype: "torch.dtype | None" 
         state = {}
         for f in files:
             state.update(load_file(str(f)))
-        te = CLIPTextModel.from_pretrained(folder / "text_encoder", variant=_variant(folder / "text_encoder"))
+        te = CLIPTextModel.from_pretrained(folder / "text_encoder", variant=_variant(folder / "text_encoder"), **_dt(dtype))
         tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=_variant(folder / "vae"))
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=_variant(folder / "vae"), **_dt(dtype))
         sch = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
         return cfg, state, te, tok, vae, sch
 
@@ -798,8 +795,7 @@ def load_mvdream(path: Path | str | None = None, *, dtype: "torch.dtype | None" 
     if dtype is not None or device != "cpu":
         state = {k: (v.to(device=device, dtype=dtype) if dtype is not None else v.to(device)) for k, v in state.items()}
     for m in (te, vae):
-        m.eval().requires_grad_(False)
-        _dtype_device(m, dtype, device)
+        m.eval().requires_grad_(False).to(device)
     return MVDreamParts(cfg, state, te, tok, vae, sch, folder)
 
 
@@ -834,17 +830,16 @@ def load_sv3d(path: Path | str, *, dtype: "torch.dtype | None" = None, device: s
             hint="Single-file SGM checkpoints (sv3d_u.safetensors) need converting first; see backend/guidance/sv3d.py.")
 
     def go():
-        unet = UNetSpatioTemporalConditionModel.from_pretrained(folder, subfolder="unet", variant=_variant(folder / "unet"))
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(folder, subfolder="vae", variant=_variant(folder / "vae"))
-        enc = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(folder, subfolder="unet", variant=_variant(folder / "unet"), **_dt(dtype))
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(folder, subfolder="vae", variant=_variant(folder / "vae"), **_dt(dtype))
+        enc = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", **_dt(dtype))
         fe = CLIPImageProcessor.from_pretrained(folder / "feature_extractor")
         sch = EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
         return unet, vae, enc, fe, sch
 
     unet, vae, enc, fe, sch = _load(None, folder, go)
     for m in (unet, vae, enc):
-        m.eval().requires_grad_(False)
-        _dtype_device(m, dtype, device)
+        m.eval().requires_grad_(False).to(device)
     return SV3DParts(unet, vae, enc, fe, sch, folder)
 
 

@@ -20,6 +20,10 @@ factory                       real counterpart (see shared/WEIGHTS.md)    loader
 :func:`save_tiny_insightface` insightface buffalo_l pack (5 ONNX files)   ``models.load_insightface``
 ============================  =========================================  ===========================
 
+:func:`save_tiny_model_root` writes all but SV3D into a model root laid out as
+``python -m backend models download`` leaves it (pytest: the ``tiny_models_root`` and
+``tiny_sv3d_path`` session fixtures in ``tests/conftest.py``).
+
 Sizes are deliberately tiny (whole set: a few MB, built in a few seconds on a CPU); what is
 kept faithful is the *structure*: folder names, file names, config keys, state-dict key
 names, tensor ranks, the 512-d identity embedding, 77-token prompts, the VAE's 8x

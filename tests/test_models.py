@@ -338,3 +338,35 @@ def test_load_insightface_from_registry_layout(tiny_models_root, monkeypatch):
     monkeypatch.setenv("PORTRAITSPLAT_MODELS", str(tiny_models_root))
     app = models.load_insightface()
     assert set(app.models) == {"detection", "recognition", "landmark_2d_106", "landmark_3d_68", "genderage"}
+
+
+def test_loaders_load_in_the_requested_dtype(tiny_models_root):
+    net = models.load_controlnet(tiny_models_root / "controlnet_face", dtype=torch.bfloat16)
+    assert {p.dtype for p in net.parameters()} == {torch.bfloat16}
+    sd = models.load_sd15(tiny_models_root / "sd15", dtype=torch.bfloat16)
+    assert sd.unet.dtype == sd.vae.dtype == sd.text_encoder.dtype == torch.bfloat16
+    models.load_ip_adapter_faceid(sd.unet, tiny_models_root / "ip_adapter_faceid")
+    proj = sd.unet.encoder_hid_proj.image_projection_layers[0]
+    assert {p.dtype for p in proj.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        out = sd.unet(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), 10,
+                      encoder_hidden_states=torch.randn(1, 77, 32, dtype=torch.bfloat16),
+                      added_cond_kwargs={"image_embeds": [torch.randn(1, 1, 512, dtype=torch.bfloat16)]}).sample
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_network_guard_blocks_remote_and_allows_loopback(no_network):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        with pytest.raises(RuntimeError, match="network access in a test"):
+            s.connect(("203.0.113.7", 443))  # TEST-NET-3: refused before any packet leaves
+    with pytest.raises(RuntimeError, match="name lookup"):
+        socket.getaddrinfo("huggingface.co", 443)
+    assert len(no_network) == 2
+    no_network.clear()  # the attempts above were deliberate; don't fail this test at teardown
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        with socket.create_connection(server.getsockname(), timeout=2):
+            pass
