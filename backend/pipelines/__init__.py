@@ -44,6 +44,6 @@ class RunResult:
 
 def available() -> dict[str, Callable[..., RunResult]]:
     """Pipeline name -> run function, for pipelines whose code is importable."""
-    from . import photo
+    from . import instax, photo
 
-    return {"photo": photo.run}
+    return {"photo": photo.run, "instax": instax.run}
