@@ -6,5 +6,5 @@ cd "$REPO"
 "$VPY" -m pytest -m "not slow and not blender" "$@"
 if [ -x "$REPO/scripts/setup_blender_venv.sh" ]; then
     "$REPO/scripts/setup_blender_venv.sh"
-    "$REPO/.venv-blender/bin/python" -m pytest -m "blender and not slow" "$@"
+    "$REPO/.venv-blender/bin/python" -m pytest tests/blender -m "blender and not slow" "$@"
 fi

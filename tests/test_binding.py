@@ -258,3 +258,11 @@ def test_absgrad_densifies_where_per_pixel_gradients_cancel(bound):
         strategy.step_post_backward(model.params, model.optimizers, state, 1, out.info)
         grown[kind] = len(model) - 1
     assert grown == {"default": 0, "absgrad": 1}
+
+
+def test_degenerate_triangle_gets_a_finite_frame():
+    v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+    fr = triangle_frames(v, torch.tensor([[0, 1, 2], [3, 4, 5]]))  # the first is a line
+    assert torch.isfinite(fr.rotations).all() and torch.isfinite(fr.scales).all()
+    R = fr.rotations[0]
+    assert torch.allclose(R.T @ R, torch.eye(3, dtype=torch.float64), atol=1e-9) and float(fr.scales[0]) == pytest.approx(0.5)  # (base + 0) / 2

@@ -143,6 +143,7 @@ def test_disk_full_is_a_clear_error(tmp_path, monkeypatch):
 
     # and the space check before downloading
     monkeypatch.undo()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # undo() restored the CI environment's value
     monkeypatch.setattr(models.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 99, 1))
     (result,) = models.download(["sd15"], root=tmp_path)
     assert isinstance(result.error, models.DiskFullError) and "needs about" in result.error.message

@@ -125,7 +125,8 @@ def triangle_frames(vertices: Tensor, faces: Tensor) -> TriangleFrames:
     z = n / area2.clamp_min(1e-20)[:, None]
     flat = area2 <= 1e-12 * base.square().clamp_min(1e-20)
     if bool(flat.any()):
-        helper = torch.where(x[:, :1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0], dtype=x.dtype), torch.tensor([0.0, 1.0, 0.0], dtype=x.dtype))
+        ex, ey = x.new_tensor([1.0, 0.0, 0.0]), x.new_tensor([0.0, 1.0, 0.0])
+        helper = torch.where(x[:, :1].abs() < 0.9, ex, ey)
         alt = F.normalize(torch.linalg.cross(x, helper), dim=-1)
         z = torch.where(flat[:, None], alt, z)
     y = torch.linalg.cross(z, x)
