@@ -64,7 +64,7 @@ class ServerProc:
         mtime = self.conn.stat().st_mtime_ns if self.conn.exists() else None
         cmd = [sys.executable, "-m", "backend.service_cli", "serve", "--connection-file", str(self.conn),
                "--state-dir", str(self.state), "--pipelines", self.pipelines, "--heartbeat", "0.2", *self.extra]  # fmt: skip
-        env = {**os.environ, "PORTRAITSPLAT_TEST_PIPELINES": "1", "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PORTRAITSPLAT_TEST_PIPELINES": "1", "PYTHONPATH": _pythonpath()}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pgids.append(self.proc.pid)
@@ -129,6 +129,11 @@ def process_alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _pythonpath() -> str:
+    """The repo first, then whatever the caller's environment already had (e.g. carried wheels)."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(scope="module")
@@ -509,7 +514,7 @@ def test_curve_encryption(tmp_path):
 
 # ------------------------------------------------------------------------- CLI
 def test_cli_ping_and_generate(server, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
     r = subprocess.run([sys.executable, "-m", "backend.service_cli", "ping", "--connection-file", str(server.conn)],
                        cwd=REPO, capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
