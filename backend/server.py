@@ -41,6 +41,7 @@ import zmq
 
 import backend
 from backend import jobs as jobs_mod
+from backend import models as models_mod
 from backend.errors import PortraitSplatError
 from backend.jobs import CancelToken, JobNotFound, JobQueue, JobRecord, JobStore
 from backend.worker import RunJob, WorkerExecutor, WorkerReady, WorkerResult, crash_error
@@ -311,16 +312,29 @@ class Server:
     def _reply_error(self, identities: list[bytes], parent_id: str, code: str, message: str, hint: str = "") -> None:
         self.session.send(self.router, Error(code=code, message=message, hint=hint), parent_id=parent_id, identities=identities)
 
+    @staticmethod
+    def _missing_models(pipelines) -> dict[str, str]:
+        """pipeline -> why it cannot run for want of weights (checked now: file existence
+        only, so models downloaded while the server runs count at once)."""
+        gaps = {}
+        for name in pipelines:
+            try:
+                models_mod.ensure_models(name)
+            except PortraitSplatError as exc:
+                gaps[name] = f"{exc.message} {exc.hint}".strip()
+        return gaps
+
     def _welcome(self) -> Welcome:
         cfg, w = self.config, self.executor.info
         state = self.executor.state
         if state in ("stopped", "exiting"):
             state = "error" if self._worker_failures >= MAX_WORKER_START_FAILURES else "restarting"
+        gaps = self._missing_models(w.pipelines) if w else {}
         return Welcome(
             server_version=backend.__version__,
             protocol_version=PROTOCOL_VERSION,
-            pipelines=list(w.pipelines) if w else [],
-            unavailable=dict(w.unavailable) if w else {},
+            pipelines=[p for p in w.pipelines if p not in gaps] if w else [],
+            unavailable=(dict(w.unavailable) | gaps) if w else {},
             models=dict(w.models) if w else {},
             device=w.device if w else "unknown",
             vram_free=w.vram_free if w else None,
@@ -369,6 +383,7 @@ class Server:
                 f"The pipeline {msg.pipeline!r} is not available" + (f": {why}" if why else "."),
                 code="unknown_pipeline", hint=f"Available: {', '.join(info.pipelines) or 'none'}.",
             )  # fmt: skip
+        models_mod.ensure_models(msg.pipeline)  # missing weights: one clear error now, not mid-job
         dtype = msg.preview_dtype or cfg.preview_dtype
         if dtype not in PREVIEW_DTYPES:
             raise PortraitSplatError(f"preview_dtype {dtype!r} is not one of {PREVIEW_DTYPES}.", code="bad_request")

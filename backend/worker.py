@@ -570,18 +570,19 @@ def device_info() -> dict[str, Any]:
 
 
 def models_info() -> dict[str, Any]:
+    """Model name -> what ``welcome`` reports about it (file checks only; no hashing)."""
+    from backend import models
+
     try:
-        from backend import models  # noqa: F401
-    except ImportError:
-        return {}
-    check = getattr(models, "check", None) or getattr(models, "status", None)
-    if check is None:
-        return {}
-    try:
-        result = check()
-    except Exception as exc:  # noqa: BLE001
+        statuses = models.check(verify=False)
+    except Exception as exc:  # noqa: BLE001 - a broken model config shows in welcome, not as a crash
         return {"error": _first_line(exc)}
-    return result if isinstance(result, dict) else {}
+    return {
+        s.name: {"present": s.present, "size": s.size_on_disk if s.present else s.spec.size_bytes,
+                 "licence": s.spec.licence, "pipelines": list(s.spec.pipelines), "optional": s.spec.optional,
+                 "fix": s.fix}
+        for s in statuses
+    }
 
 
 def _set_parent_death_signal() -> None:

@@ -611,3 +611,26 @@ def test_a_timed_out_request_is_not_run_by_a_server_that_starts_later(tmp_path):
         raw.close(0)
         ctx.term()
         srv.stop()
+
+
+def test_missing_models_are_reported_in_welcome_and_refused_at_submit(tmp_path, monkeypatch):
+    """A pipeline whose weights are absent is greyed out with the fix, and a submit for it
+    fails at once with the typed error naming `models download` (no job is created)."""
+    monkeypatch.setenv("PORTRAITSPLAT_MODELS", str(tmp_path / "empty-model-root"))
+    for key in [k for k in os.environ if k.startswith("PORTRAITSPLAT_MODEL_")]:
+        monkeypatch.delenv(key)
+    srv = ServerProc(tmp_path, pipelines="synthetic,instax").start()
+    try:
+        with srv.client() as c:
+            wait_ready(c)
+            w = c.connect()
+            assert "synthetic" in w.pipelines and "instax" not in w.pipelines
+            assert "models download --only sv3d_u" in w.unavailable["instax"]
+            assert w.models["sv3d_u"]["present"] is False and "--only sv3d_u" in w.models["sv3d_u"]["fix"]
+            assert w.models["sd15"]["licence"].startswith("CreativeML")
+            with pytest.raises(ServiceError) as err:
+                c.submit(PHOTO, "instax")
+            assert err.value.code == "model_missing" and "models download --only sv3d_u" in err.value.hint
+            assert c.list_jobs() == []
+    finally:
+        srv.stop()
