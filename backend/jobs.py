@@ -8,6 +8,7 @@ Every job gets a folder under ``<state_dir>/jobs/<job_id>/``::
     progress.jsonl   one JSON line per progress event (a torn last line is ignored)
     result.npz       the Gaussians exactly as the pipeline returned them (head frame)
     result.ply       the same Gaussians as an INRIA 3DGS PLY (RDF frame, for viewers)
+    turntable/       frame_000.png ... when the pipeline renders a turntable
 
 The folder is built under a temporary name and renamed into place, so a job either exists
 completely or not at all. Every later file write is atomic too: a temporary file, fsync,

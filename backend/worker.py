@@ -452,6 +452,10 @@ class Worker:
                 raise CancelledError("The job was cancelled.")
             splats = result.splats.astype("float32")
             splats.check_finite()
+            if result.turntable:  # beside the job's photo, so the job folder holds them too
+                from backend.pipelines.outputs import write_turntable
+
+                write_turntable(Path(job.image_path).parent / "turntable", result.turntable)
             self.send(WorkerResult(job_id=job.job_id, splats=splats, elapsed_s=time.monotonic() - reporter.t0, metrics=_json_metrics(result.metrics)))
         except CancelledError as exc:
             self.send(JobFailed(job_id=job.job_id, code="cancelled", message=exc.message or "The job was cancelled.", hint=""))

@@ -174,7 +174,7 @@ def test_job_streams_events_and_its_result_is_exact(client, server):
     from backend.image_io import load_image
     from backend.pipelines import synthetic
 
-    options = {"steps": 5, "step_seconds": 0.06, "n_gaussians": 500, "sh_degree": 1}
+    options = {"steps": 5, "step_seconds": 0.06, "n_gaussians": 500, "sh_degree": 1, "turntable": 3}
     job = client.submit(PHOTO, "synthetic", seed=11, options=options, image_name="me.png")
     events: list[P.Message] = []
     final = client.wait(job, timeout=60, on_event=events.append)
@@ -197,6 +197,9 @@ def test_job_streams_events_and_its_result_is_exact(client, server):
     assert (folder / "result.ply").read_bytes() == ply
     assert '"seed": 11' in (folder / "request.json").read_text()
     assert len((folder / "progress.jsonl").read_text().splitlines()) >= len(progress)
+    frames = sorted((folder / "turntable").glob("*.png"))
+    assert [f.name for f in frames] == ["frame_000.png", "frame_001.png", "frame_002.png"]
+    assert np.asarray(Image.open(frames[2])).max() == 2  # the pipeline's frame, not a placeholder
     record = client.job(job)
     assert record["state"] == "done" and record["n_gaussians"] == 500 and record["image_name"] == "me.png"
 

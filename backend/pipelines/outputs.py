@@ -18,14 +18,21 @@ def write_png(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def write_turntable(folder: str | os.PathLike, frames: list[np.ndarray]) -> list[Path]:
+    """``folder/frame_000.png ...``, each written atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(frames):
+        p = folder / f"frame_{i:03d}.png"
+        write_png(p, img)
+        paths.append(p)
+    return paths
+
+
 def write_outputs(out_dir: str | os.PathLike, result: RunResult, ply_frame: str = "ply") -> dict:
     out = Path(out_dir)
-    (out / "turntable").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     ply = out / "head.ply"
     write_ply(ply, result.splats, frame=ply_frame)
-    frames = []
-    for i, img in enumerate(result.turntable):
-        p = out / "turntable" / f"frame_{i:03d}.png"
-        write_png(p, img)
-        frames.append(p)
-    return {"ply": ply, "turntable": frames}
+    return {"ply": ply, "turntable": write_turntable(out / "turntable", result.turntable)}

@@ -20,6 +20,7 @@ Options (all optional):
                    "hang"    sleep ``hang_seconds`` without looking at the reporter
     fail_code      code for "error" (default "synthetic_failure")
     hang_seconds   default 30
+    turntable      number of flat 8x8 turntable frames to return, frame i filled with value i (default 0)
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ DEFAULTS = {
     "fail_mode": "error",
     "fail_code": "synthetic_failure",
     "hang_seconds": 30.0,
+    "turntable": 0,
 }
 
 
@@ -96,4 +98,5 @@ def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: d
         splats.means += rng.normal(scale=1e-4, size=splats.means.shape).astype(np.float32)
         reporter.progress("fit", step + 1, steps)
         reporter.preview(splats, step + 1)
-    return RunResult(splats=splats, metrics={"steps": steps, "mean_red": float(mean_rgb[0])})
+    turntable = [np.full((8, 8, 3), i, np.uint8) for i in range(int(opts["turntable"]))]
+    return RunResult(splats=splats, turntable=turntable, metrics={"steps": steps, "mean_red": float(mean_rgb[0])})
