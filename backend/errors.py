@@ -59,3 +59,16 @@ class ModelMissingError(PortraitSplatError):
 class CancelledError(PortraitSplatError):
     code = "cancelled"
     hint = ""
+
+
+class UnknownPresetError(PortraitSplatError, ValueError):
+    """A pipeline was asked for a preset it does not have (also a ValueError, for callers
+    that validate arguments generically)."""
+    code = "unknown_preset"
+    hint = "Pick one of the presets the pipeline lists, or leave the preset at 'default'."
+
+
+class InvalidOptionError(PortraitSplatError, ValueError):
+    """A pipeline option has a value the pipeline does not accept."""
+    code = "bad_option"
+    hint = "Check the option's spelling and allowed values in the pipeline's documentation."

@@ -195,7 +195,8 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
         purpose="Tiny SD autoencoder: ~9x cheaper latent encode/decode (speed preset)",
         licence="MIT", size_bytes=int(9.8 * MB),
         allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
-        required=("config.json", "diffusion_pytorch_model.safetensors"), optional=True),
+        required=("config.json", "diffusion_pytorch_model.safetensors"),
+        pipelines=("stylize",)),  # the stylize pipeline's default ("fast") preset encodes with it
     ModelSpec(
         name="auraface", repo="fal/AuraFace-v1",
         purpose="Apache-2.0 ArcFace-style recogniser (glintr100.onnx) for a permissive identity chain",
@@ -429,11 +430,12 @@ def format_check(statuses: list[ModelStatus]) -> str:
     return "\n".join(lines)
 
 
-def ensure_models(pipeline: str, root: Path | None = None) -> dict[str, Path]:
+def ensure_models(pipeline: str, root: Path | None = None, *, names: Iterable[str] | None = None) -> dict[str, Path]:
     """Submit-time check: the folders of every model ``pipeline`` needs, or one
     :class:`ModelMissingError` listing all that are missing and the one command that fetches
-    them. ``{}`` for the weight-free pipelines."""
-    names = required_models(pipeline)
+    them. ``{}`` for the weight-free pipelines. ``names`` checks those models instead (a
+    pipeline whose options need only some of its models, or an optional one)."""
+    names = required_models(pipeline) if names is None else list(names)
     found, missing = {}, []
     for name in names:
         try:

@@ -41,7 +41,7 @@ def test_required_models_per_pipeline():
     assert models.required_models("photo") == []
     assert models.required_models("synthetic") == []
     stylize = models.required_models("stylize")
-    assert set(stylize) == {"sd15", "ip_adapter_faceid", "controlnet_face", "mvdream", "buffalo_l"}
+    assert set(stylize) == {"sd15", "ip_adapter_faceid", "controlnet_face", "mvdream", "buffalo_l", "taesd"}
     assert models.required_models("instax") == ["sv3d_u"]
     assert set(models.required_models("instax+stylize")) == set(stylize) | {"sv3d_u"}
     assert models.ensure_models("photo", Path("/nonexistent")) == {}

@@ -45,7 +45,7 @@ from scipy.spatial.transform import Rotation
 
 from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
-from ..errors import FaceError
+from ..errors import FaceError, UnknownPresetError
 from ..face import analyse_face
 from ..gaussians.binding import BoundGaussianModel, bind, decimate, make_bound_strategy
 from ..gaussians.cameras import Cameras, orbit_cameras, spherical_cameras
@@ -110,7 +110,7 @@ PRESETS: dict[str, InstaxPreset] = {
 
 def _preset(name: str, options: dict | None) -> InstaxPreset:
     if name not in PRESETS:
-        raise ValueError(f"unknown instax preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise UnknownPresetError(f"The instax pipeline has no preset {name!r}.", hint=f"Choose one of: {', '.join(PRESETS)}.")
     names = {f.name for f in fields(InstaxPreset)}
     overrides = {k: v for k, v in (options or {}).items() if k in names}
     return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

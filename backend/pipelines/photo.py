@@ -21,6 +21,7 @@ from scipy.spatial import cKDTree
 
 from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
+from ..errors import UnknownPresetError
 from ..face import analyse_face
 from ..gaussians.cameras import Cameras, orbit_cameras
 from ..gaussians.loop import LoopConfig, optimise, render_model
@@ -75,7 +76,7 @@ SURFACE_SIGMA_M = 0.005  # the surface prior's length scale
 
 def _preset(name: str, options: dict | None) -> PhotoPreset:
     if name not in PRESETS:
-        raise ValueError(f"unknown photo preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise UnknownPresetError(f"The photo pipeline has no preset {name!r}.", hint=f"Choose one of: {', '.join(PRESETS)}.")
     p = PRESETS[name]
     overrides = {k: v for k, v in (options or {}).items() if k in PhotoPreset.__dataclass_fields__}
     return replace(p, **overrides) if overrides else p
