@@ -200,3 +200,47 @@ def test_cameras_are_90_degrees_apart_from_a_seeded_random_start(term_and_model)
     expected_distance = s.camera_distance * 0.2 / np.tan(np.radians(s.fov_deg) / 2)
     torch.testing.assert_close(c.norm(dim=-1), torch.full((4,), expected_distance, dtype=torch.float64),
                                atol=1e-5, rtol=0)
+
+
+# --- CUDA, half precision --------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_term_on_cuda_in_half_precision(tmp_path, dtype):
+    parts = models.load_mvdream(save_tiny_mvdream(tmp_path / "mvdream"), dtype=dtype, device="cuda")
+    unet = build_multiview_unet(parts, device="cuda", dtype=dtype)
+    assert next(unet.parameters()).dtype == dtype
+    model = GaussianModel.from_splats(_gaussians().to_splats(), device="cuda")
+    term = MVDreamGuidance(unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.scheduler,
+                           prompt="a marble bust", settings=MVDreamSettings(resolution=64), device="cuda", dtype=dtype,
+                           render_fn=lambda cams: render_model(model, cams, background=torch.ones(3, device="cuda")))
+    loss = term(None, None, step=0)["loss_mvdream"]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and loss > 0
+    loss.backward()
+    grad = model.params["means"].grad
+    assert torch.isfinite(grad).all() and grad.abs().max() > 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_full_size_unet_runs_in_half_precision(dtype):
+    from backend.guidance.mvdream import FULL_SIZE_CONFIG, MultiViewUNet
+
+    with torch.device("cuda"):
+        unet = MultiViewUNet.from_config(FULL_SIZE_CONFIG)
+    unet = unet.to(dtype).eval()
+    g = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(8, 4, 32, 32, device="cuda", generator=g)
+    ctx = torch.randn(8, 77, 1024, device="cuda", generator=g)
+    cam = mvdream_camera_matrices(spherical_cameras(90.0 * torch.arange(4), 15.0, 2.0, 40.0, 8, 8)).repeat(2, 1)
+    with torch.no_grad():
+        half = unet(x, torch.full((8,), 500, device="cuda"), ctx, cam.cuda(), num_frames=4)
+        full = unet.float()(x, torch.full((8,), 500, device="cuda"), ctx, cam.cuda(), num_frames=4)
+    assert half.shape == (8, 4, 32, 32) and half.dtype == torch.float32 and torch.isfinite(half).all()
+    rel = (half - full).norm() / full.norm()
+    assert rel < 0.05, float(rel)  # half precision follows the fp32 network
