@@ -703,7 +703,16 @@ def load_ip_adapter_faceid(unet, path: Path | str | None = None, *, scale: float
         path = path / "ip-adapter-faceid_sd15.bin"
     if not path.is_file():
         raise ModelMissingError(f"No IP-Adapter-FaceID file at {path}.", hint=f"Run: {REGISTRY['ip_adapter_faceid'].download_command}")
-    sd = load_ip_adapter_state_dict(path)
+    return apply_ip_adapter_faceid(unet, load_ip_adapter_state_dict(path), scale=scale, lora_scale=lora_scale,
+                                   adapter_name=adapter_name, source=path)
+
+
+def apply_ip_adapter_faceid(unet, sd: dict, *, scale: float = 1.0, lora_scale: float = 1.0,
+                            adapter_name: str = "faceid", source: Path | str = "(in memory)") -> Any:
+    """Load an IP-Adapter-FaceID state dict (``{"image_proj": ..., "ip_adapter": ...}``) into
+    ``unet`` in place, as :func:`load_ip_adapter_faceid` does with a file (benches build one in
+    memory with :func:`backend.testing.tiny_ip_adapter_state_dict`). ``source`` names it in errors."""
+    path = Path(source)
     n_proc = len(unet.attn_processors)
     ids = {int(k.split(".")[0]) for k in sd["ip_adapter"]}
     if ids and (max(ids) + 1 != n_proc or "1.to_k_ip.weight" not in sd["ip_adapter"]):

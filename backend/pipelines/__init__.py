@@ -44,6 +44,6 @@ class RunResult:
 
 def available() -> dict[str, Callable[..., RunResult]]:
     """Pipeline name -> run function, for pipelines whose code is importable."""
-    from . import instax, photo
+    from . import instax, photo, stylize
 
-    return {"photo": photo.run, "instax": instax.run}
+    return {"photo": photo.run, "instax": instax.run, "stylize": stylize.run, "instax+stylize": stylize.run_instax}

@@ -28,7 +28,7 @@ from ..gaussians.loop import LoopConfig, optimise, render_model
 from ..gaussians.losses import photometric, psnr, ssim
 from ..gaussians.model import GaussianModel
 from ..gaussians.strategies import make_strategy
-from ..prior.fit import fit_head
+from ..prior.fit import HeadFit, fit_head
 from ..prior.sample import INIT_OPACITY, INIT_SCALE, head_unit, project_colors, sample_surface
 from . import NullReporter, RunResult
 
@@ -146,9 +146,19 @@ def initial_splats(mesh, fit, image, preset: PhotoPreset, rng) -> tuple[SplatArr
     return splats, normals, visible
 
 
-def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None) -> RunResult:
-    """Photo (HxWx3 uint8) -> Gaussian head. See the module docstring."""
-    cfg = _preset(preset, options)
+@dataclass
+class PhotoFit:
+    """What :func:`fit_photo_head` produces (the hook for ``stylize`` with ``init="photo"``)."""
+
+    model: GaussianModel  # head frame
+    fit: HeadFit  # the template placed in the photo
+    face: object  # backend.face.FaceAnalysis of the photo
+    camera: Cameras  # the photo's camera on the head crop, fit_res px
+    metrics: dict[str, float]
+
+
+def fit_photo_head(image: np.ndarray, cfg: PhotoPreset, *, seed: int = 0, reporter=None) -> PhotoFit:
+    """Photo -> face -> fitted template -> Gaussians fitted to the photo (no turntable)."""
     reporter = reporter or NullReporter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -202,7 +212,6 @@ def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: d
     optimise(model, loop_cfg, lambda step: cam, [photo_term, prior_term], strategy=strategy, reporter=reporter)
     timings["optimise_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
     with torch.no_grad():
         front = render_model(model, cam, background=torch.ones(3)).rgb
         pred = torch.where(mask, front, target)
@@ -213,12 +222,22 @@ def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: d
             "photo_visible_fraction": float(visible.mean()),
             "template_reprojection_px": float(fit.reprojection_error_px),
         }
-        frames = render_turntable(model, cfg, reporter)
-    timings["turntable_s"] = time.perf_counter() - t
     metrics.update({k: round(v, 3) for k, v in timings.items()})
-    result = model.to_splats()
+    return PhotoFit(model, fit, face, cam, metrics)
+
+
+def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None) -> RunResult:
+    """Photo (HxWx3 uint8) -> Gaussian head. See the module docstring."""
+    cfg = _preset(preset, options)
+    reporter = reporter or NullReporter()
+    head = fit_photo_head(image, cfg, seed=seed, reporter=reporter)
+    t = time.perf_counter()
+    with torch.no_grad():
+        frames = render_turntable(head.model, cfg, reporter)
+    head.metrics["turntable_s"] = round(time.perf_counter() - t, 3)
+    result = head.model.to_splats()
     result.check_finite()
-    return RunResult(splats=result, turntable=frames, metrics=metrics)
+    return RunResult(splats=result, turntable=frames, metrics=head.metrics)
 
 
 def _silhouette(model: GaussianModel, cam: Cameras) -> torch.Tensor:
