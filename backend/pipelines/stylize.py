@@ -212,8 +212,7 @@ def load_models(cfg: StylizePreset, device: torch.device, dtype: torch.dtype) ->
     def sd15():
         sd = models.load_sd15(sd_path, dtype=dtype, device=dev)
         if cfg.identity:
-            models.load_ip_adapter_faceid(sd.unet, scale=cfg.ip_adapter_scale)
-            sd.unet.to(device=device, dtype=dtype)
+            models.load_ip_adapter_faceid(sd.unet, scale=cfg.ip_adapter_scale)  # in the UNet's device and dtype
         return sd
 
     sd = _cached("sd15", (str(sd_path), cfg.identity, dev, dtype), sd15)

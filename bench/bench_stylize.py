@@ -1,0 +1,241 @@
+"""Stylize (SAS + MVDream, METHOD A) cost per iteration, projected run times, peak VRAM.
+
+    python bench/bench_stylize.py                                     # tiny models, CPU smoke (preset "test")
+    python bench/bench_stylize.py --device cuda --full-size           # real sizes, presets paper,fast
+    python bench/bench_stylize.py --device cuda --full-size --presets paper --measure-steps 30
+
+Per preset it builds the pipeline's own pieces (``backend.pipelines.stylize``: the template
+init with the preset's N, the random view sampler, the SAS term, the MVDream term, the style
+set) and times ``--measure-steps`` iterations after ``--warmup`` ones, split as:
+
+- ``render``: the loop's view (forward only);
+- ``sas``: the SAS term forward and backward: VAE/TAESD encode, noise, ControlNet + UNet
+  with CFG, whitening-colouring, loss, backward through the encoder and the renderer;
+- ``mvdream``: the MVDream term forward and backward (it renders its own 4 views);
+- ``adam``: the optimiser step.
+
+Then ``projected`` = (sum of the medians) x the preset's steps + the style-set time. The
+cloud grows with densification during a real run, so this is a lower bound. ``style set``
+is the generation of the preset's style set (20 images x 20 steps at 512 px for ``paper``),
+timed on a fresh cache.
+
+``--full-size`` builds every network at its published size with random weights, in memory
+(nothing is read from disk; compute does not depend on the weights), fp16 on CUDA:
+SD1.5's ``UNet2DConditionModel`` (cross-attention 768) carrying an IP-Adapter-FaceID of the
+real shapes (rank-128 LoRA, 512 -> 4 x 768 projection), ``ControlNetModel.from_unet``, the SD
+VAE (128/256/512/512), a CLIP ViT-L text encoder (768, 12 layers), TAESD (AutoencoderTiny
+defaults), and MVDream's ``FULL_SIZE_CONFIG`` UNet with an SD2.1 text encoder (1024, 23
+layers: SD2.1 uses the penultimate of 24). The tokenizer is the tiny in-code one
+(``backend.testing``) at every size: only compute matters, and the box needs no downloads.
+Without ``--full-size`` the tiny test models are written to a temporary folder and loaded
+through the registry, as the pipeline does.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backend import models
+from backend.face import analyse_face
+from backend.gaussians.loop import render_model
+from backend.gaussians.model import GaussianModel
+from backend.image_io import load_image
+from backend.pipelines import stylize
+from backend.prior import fit_head
+from backend.prior.lift import lift_landmarks
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPT = "a 3D animated cartoon character portrait, Pixar style"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------- the networks
+
+
+def _tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    from backend.testing import save_tiny_clip_tokenizer
+
+    return CLIPTokenizer.from_pretrained(save_tiny_clip_tokenizer(folder / "tokenizer"))
+
+
+def _clip_text(vocab: int, hidden: int, layers: int, heads: int, act: str):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
+                         bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    return CLIPTextModel(cfg)
+
+
+def _sd_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
+                         sample_size=512, scaling_factor=0.18215)
+
+
+def _ddim():
+    from diffusers import DDIMScheduler
+
+    from backend.testing import SD15_SCHEDULE
+
+    return DDIMScheduler(**SD15_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                         prediction_type="epsilon")
+
+
+def full_size_models(device: torch.device, dtype: torch.dtype, tmp: Path) -> stylize.StylizeModels:
+    """Every network at its published size, random weights, in memory (see the module docstring)."""
+    from diffusers import AutoencoderTiny, ControlNetModel, UNet2DConditionModel
+
+    from backend.guidance.mvdream import FULL_SIZE_CONFIG, MultiViewUNet
+    from backend.testing import tiny_ip_adapter_state_dict
+
+    tok = _tokenizer(tmp)
+    vocab = len(tok)
+    with torch.device(device):
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the SD1.5 config (diffusers defaults)
+        controlnet = ControlNetModel.from_unet(unet)
+        vae, taesd = _sd_vae(), AutoencoderTiny()
+        text = _clip_text(vocab, 768, 12, 12, "quick_gelu")  # CLIP ViT-L/14 text tower
+        mv_unet = MultiViewUNet.from_config(FULL_SIZE_CONFIG)
+        mv_text = _clip_text(vocab, 1024, 23, 16, "gelu")  # OpenCLIP ViT-H text tower up to its penultimate layer
+        mv_vae = _sd_vae()
+    models.apply_ip_adapter_faceid(unet, tiny_ip_adapter_state_dict(unet, rank=128))  # rank 128, 512 -> 4 x 768
+    nets = (unet, controlnet, vae, taesd, text, mv_unet, mv_text, mv_vae)
+    for net in nets:
+        net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    sd = models.SD15(unet, vae, text, tok, _ddim(), Path("(random weights)"))
+    parts = models.MVDreamParts(dict(FULL_SIZE_CONFIG), {}, mv_text, tok, mv_vae, _ddim(), Path("(random weights)"))
+    n = {name: sum(p.numel() for p in net.parameters()) / 1e6
+         for name, net in zip(("sd_unet+faceid", "controlnet", "vae", "taesd", "clip_l", "mvdream_unet", "sd21_text",
+                               "sd21_vae"), nets)}
+    print("parameters (M): " + ", ".join(f"{k} {v:.0f}" for k, v in n.items()))
+    return stylize.StylizeModels(sd, controlnet, taesd, mv_unet, parts, key=f"bench-random-{time.time_ns()}")
+
+
+def tiny_models(cfg: stylize.StylizePreset, device: torch.device, dtype: torch.dtype, tmp: Path) -> stylize.StylizeModels:
+    """The tiny test models written as `models download` lays them out, loaded like the pipeline does."""
+    from backend.testing import save_tiny_model_root
+
+    os.environ[models.ENV_ROOT] = str(save_tiny_model_root(tmp / "models"))
+    return stylize.load_models(replace(cfg, identity=True, mvdream=True, encoder="taesd"), device, dtype)
+
+
+# ------------------------------------------------------------------------------ one preset
+
+
+def face_of_demo_photo(identity_dim: int = 512) -> stylize.Face:
+    image = load_image(REPO / "examples" / "astronaut.jpg")
+    face = analyse_face(image)
+    fit = fit_head(face.landmarks2d, (image.shape[1], image.shape[0]), landmarks3d=face.landmarks3d)
+    rng = np.random.default_rng(0)
+    identity = rng.normal(size=identity_dim).astype(np.float32)  # stands in for ArcFace: a unit 512-d vector
+    identity /= np.linalg.norm(identity)
+    return stylize.Face(lift_landmarks(fit, face.landmarks2d, face.landmarks3d), identity, fit, 0.0)
+
+
+def bench_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, device, dtype) -> None:
+    cfg = stylize.PRESETS[name]
+    if args.no_mvdream:
+        cfg = replace(cfg, mvdream=False)
+    # style set: a fresh cache (PORTRAITSPLAT_MODELS points at a temporary folder)
+    _sync(device)
+    t = time.perf_counter()
+    style = stylize.style_statistics(replace(m, key=f"{m.key}-{name}"), cfg, PROMPT, seed=0)
+    _sync(device)
+    style_s = time.perf_counter() - t
+
+    model = GaussianModel.from_splats(stylize.template_splats(face.fit, cfg, 0), cfg.lr_preset, total_steps=cfg.steps,
+                                      device=device)
+    bg = torch.ones(3, device=device)
+    sas = stylize.sas_term(m, cfg, PROMPT, style, identity=face.identity, landmarks=face.landmarks, device=device,
+                           dtype=dtype, seed=0)
+    mv = None
+    if cfg.mvdream:
+        mv = stylize.mvdream_term(m, cfg, PROMPT, lambda c: render_model(model, c, background=bg), device=device,
+                                  dtype=dtype, seed=0)
+    sampler = stylize.view_sampler(cfg, 0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times: dict[str, list[float]] = {"render": [], "sas": [], "mvdream": [], "adam": []}
+    losses: dict[str, float] = {}
+    for step in range(args.warmup + args.measure_steps):
+        marks = [time.perf_counter()]
+
+        def mark():
+            _sync(device)
+            marks.append(time.perf_counter())
+
+        cams = sampler.sample(step).to(device)
+        out = render_model(model, cams, background=bg)
+        mark()
+        loss = stylize.SAS_WEIGHT * sas(out, cams, step)["loss_sas"]
+        loss.backward()
+        losses["loss_sas"] = float(loss.detach())
+        mark()
+        if mv is not None:
+            loss = stylize.MVDREAM_WEIGHT * mv(out, cams, step)["loss_mvdream"]
+            loss.backward()
+            losses["loss_mvdream"] = float(loss.detach())
+        mark()
+        model.step(step)
+        mark()
+        if step >= args.warmup:
+            for key, a, b in zip(times, marks[:-1], marks[1:]):
+                times[key].append(b - a)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    per_step = sum(med.values())
+    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "-"
+    split = "  ".join(f"{k} {v * 1e3:7.1f} ms" for k, v in med.items())
+    print(f"[{name}] N={len(model)} SAS {cfg.sas_resolution}px/{cfg.encoder}, MVDream "
+          f"{'%dpx' % cfg.mvdream_resolution if cfg.mvdream else 'off'}: {per_step:.3f} s/it  ({split})")
+    print(f"[{name}] style set ({cfg.style_images} images x {cfg.style_steps} steps @ {cfg.style_resolution}px): "
+          f"{style_s:.1f} s;  projected {cfg.steps} steps + style set: {per_step * cfg.steps + style_s:.0f} s "
+          f"({(per_step * cfg.steps + style_s) / 60:.1f} min);  peak VRAM {peak};  last losses "
+          + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--full-size", action="store_true", help="published network sizes, random weights, in memory")
+    ap.add_argument("--presets", default=None, help="comma-separated (default: paper,fast full size; test tiny)")
+    ap.add_argument("--measure-steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-mvdream", action="store_true", help="time without the MVDream term")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "-"
+    print(f"device={device} dtype={dtype} torch={torch.__version__} gpu={gpu} "
+          f"models={'full size, random weights' if args.full_size else 'tiny'}")
+    presets = (args.presets or ("paper,fast" if args.full_size else "test")).split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ[models.ENV_ROOT] = str(tmp / "models")  # the style-set cache goes here, fresh
+        t = time.perf_counter()
+        m = full_size_models(device, dtype, tmp) if args.full_size else tiny_models(stylize.PRESETS[presets[0]], device, dtype, tmp)
+        _sync(device)
+        print(f"models built/loaded in {time.perf_counter() - t:.1f} s")
+        face = face_of_demo_photo()
+        for name in presets:
+            bench_preset(name, m, face, args, device, dtype)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The stylize pipeline (METHOD A) with tiny random models (backend.testing): typed errors
+first, then end to end in-process (all terms, no-MVDream, text-only), then through the real
+server (its worker subprocess finds the tiny models through PORTRAITSPLAT_MODELS)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.errors import InvalidOptionError, ModelMissingError, PortraitSplatError, UnknownPresetError
+from backend.pipelines import available, instax, photo, stylize
+from backend.pipelines.outputs import write_outputs
+from blender_addon.core.splat_ply import read_ply
+
+REPO = Path(__file__).resolve().parent.parent
+STYLE = "a watercolor portrait"
+
+
+class Recorder:
+    def __init__(self, cancel_after: int | None = None):
+        self.events: list[tuple[str, int, int]] = []
+        self.previews: list[tuple[int, int]] = []
+        self.cancel_after = cancel_after
+
+    def progress(self, stage, step, total, message=""):
+        self.events.append((stage, step, total))
+
+    def preview(self, splats, step):
+        splats.check_finite()
+        self.previews.append((len(splats), step))
+
+    def cancelled(self):
+        return self.cancel_after is not None and sum(e[0] == "stylize" for e in self.events) >= self.cancel_after
+
+
+def _clear_overrides(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("PORTRAITSPLAT_MODEL_")]:
+        monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def tiny(tiny_models_root, monkeypatch):
+    monkeypatch.setenv("PORTRAITSPLAT_MODELS", str(tiny_models_root))
+    _clear_overrides(monkeypatch)
+    yield tiny_models_root
+
+
+def test_both_pipelines_are_registered():
+    found = available()
+    assert found["stylize"] is stylize.run and found["instax+stylize"] is stylize.run_instax
+
+
+def test_missing_models_fail_before_any_work(astronaut_image, tmp_path, monkeypatch):
+    monkeypatch.setenv("PORTRAITSPLAT_MODELS", str(tmp_path / "empty"))
+    _clear_overrides(monkeypatch)
+    rec = Recorder()
+    with pytest.raises(ModelMissingError) as err:
+        stylize.run(astronaut_image, preset="test", options={"style": STYLE}, reporter=rec)
+    assert err.value.code == "model_missing" and "python -m backend models download --only" in err.value.hint
+    assert "sd15" in err.value.hint and "mvdream" in err.value.hint
+    assert rec.events == [] and rec.previews == []  # nothing ran
+    # text-only without MVDream needs neither insightface, the adapter nor MVDream
+    with pytest.raises(ModelMissingError) as err:
+        stylize.run(astronaut_image, preset="test", options={"identity": False, "mvdream": False, "encoder": "vae"})
+    assert "buffalo_l" not in err.value.hint and "mvdream" not in err.value.hint and "sd15" in err.value.hint
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"encoder": "jpeg"}, InvalidOptionError),
+    ({"init": "sphere"}, InvalidOptionError),
+    ({"mvdream": "no"}, InvalidOptionError),
+    ({"steps": 0}, InvalidOptionError),
+    ({"colour": "red"}, InvalidOptionError),
+])
+def test_bad_options_are_typed(options, error):
+    with pytest.raises(error) as err:
+        stylize.settings("test", options)
+    assert err.value.code == "bad_option"
+
+
+def test_unknown_presets_are_typed_in_every_pipeline():
+    for check in (lambda: stylize.settings("nope", None), lambda: photo._preset("nope", None),
+                  lambda: instax._preset("nope", None)):
+        with pytest.raises(UnknownPresetError) as err:
+            check()
+        assert isinstance(err.value, PortraitSplatError) and err.value.code == "unknown_preset"
+        assert "default" in err.value.hint
+
+
+def test_presets_follow_method_a():
+    paper = stylize.PRESETS["paper"]
+    assert (paper.steps, paper.n_points, paper.init_opacity, paper.init_scale) == (3000, 10_000, 0.2, 0.02)
+    assert (paper.sas_guidance_scale, paper.mvdream_guidance_scale, paper.mvdream_resolution) == (50.0, 10.0, 256)
+    assert (paper.style_images, paper.style_steps, paper.style_guidance_scale) == (20, 20, 7.5)
+    assert stylize.schedule(paper).switch_step == 1000 and stylize.make_densifier(paper).refine_every == 100
+    assert stylize.PRESETS["default"] is stylize.PRESETS["fast"] and stylize.PRESETS["fast"].encoder == "taesd"
+    cfg, style = stylize.settings("paper", {"steps": 300, "style": " ink "})
+    assert cfg.steps == 300 and style == "ink" and stylize.schedule(cfg).switch_step == 100
+
+
+def test_runs_end_to_end_with_both_terms(tiny, astronaut_image, tmp_path):
+    stylize._MODELS.clear()
+    rec = Recorder()
+    result = stylize.run(astronaut_image, preset="test", seed=0, options={"style": STYLE}, reporter=rec)
+    m = result.metrics
+    stages = list(dict.fromkeys(e[0] for e in rec.events))
+    assert stages == ["models", "face", "init", "style", "stylize", "turntable"]
+    assert ("stylize", 12, 12) in rec.events
+    assert np.isfinite(m["loss_sas"]) and m["loss_sas"] > 0 and np.isfinite(m["loss_mvdream"]) and m["loss_mvdream"] > 0
+    assert m["identity"] is True and m["mvdream"] is True and m["style"] == STYLE
+    assert m["n_init"] == 400 and len(result.splats) == m["n_splats"] >= 400  # densified at most up
+    assert rec.previews[0] == (400, 0) and len(rec.previews) >= 4  # init + every 4 steps
+    # the guidance moved the grey init: colours are no longer all SH 0
+    assert np.abs(result.splats.sh0).max() > 1e-4
+    assert len(result.turntable) == 3 and result.turntable[0].shape == (32, 32, 3)
+    back = read_ply(write_outputs(tmp_path, result)["ply"])
+    assert len(back) == len(result.splats) and np.isfinite(back.means).all()
+    assert np.abs(result.splats.means).max() < 0.3  # still a head around the origin
+    # the style set was cached beside the models: a second job does not regenerate it
+    assert list((tiny / ".cache" / "style_stats").glob("style_*.safetensors"))
+
+
+def test_ablations_text_only_and_no_mvdream(tiny, astronaut_image, monkeypatch):
+    rec = Recorder()
+    stylize.run(astronaut_image, preset="test", options={"steps": 2, "style": STYLE}, reporter=rec)
+    controlnet = stylize._MODELS["controlnet"][1]
+    # text only: neither insightface nor the adapter is needed (their folders may be absent)
+    monkeypatch.setenv("PORTRAITSPLAT_MODEL_BUFFALO_L", str(tiny / "nowhere"))
+    monkeypatch.setenv("PORTRAITSPLAT_MODEL_IP_ADAPTER_FACEID", str(tiny / "nowhere"))
+    rec = Recorder()
+    result = stylize.run(astronaut_image, preset="test", options={"identity": False, "mvdream": False, "steps": 4,
+                                                                  "style": STYLE}, reporter=rec)
+    m = result.metrics
+    assert "loss_mvdream" not in m and np.isfinite(m["loss_sas"]) and m["identity"] is False
+    assert ("stylize", 4, 4) in rec.events and "style" not in [e[0] for e in rec.events]  # style set cached
+    assert stylize._MODELS["controlnet"][1] is controlnet  # warm between jobs
+    assert not any(getattr(p, "to_k_ip", None) is not None for p in stylize._MODELS["sd15"][1].unet.attn_processors.values())
+
+
+def test_photo_init_and_cancel(tiny, astronaut_image):
+    from backend.errors import CancelledError
+
+    rec = Recorder(cancel_after=3)
+    with pytest.raises(CancelledError):
+        stylize.run(astronaut_image, preset="test", options={"init": "photo", "style": STYLE, "steps": 50}, reporter=rec)
+    stages = [e[0] for e in rec.events]
+    assert "optimise" in stages  # the photo pipeline's fit ran first
+    assert sum(s == "stylize" for s in stages) == 3  # stopped at the next step
+
+
+def test_instax_then_stylize(tiny, astronaut_image, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from backend.testing import save_tiny_sv3d
+
+    sv3d = save_tiny_sv3d(tmp_path / "sv3d_u")
+    save_file({}, str(sv3d / "sv3d_u.safetensors"))  # what the registry looks for
+    monkeypatch.setenv("PORTRAITSPLAT_MODEL_SV3D_U", str(sv3d))
+    instax._SV3D_CACHE.clear()
+    rec = Recorder()
+    result = stylize.run_instax(astronaut_image, preset="test", options={"steps": 3, "style": STYLE}, reporter=rec)
+    instax._SV3D_CACHE.clear()
+    stages = list(dict.fromkeys(e[0] for e in rec.events))
+    assert stages.index("generate") < stages.index("construct") < stages.index("stylize") < stages.index("turntable")
+    m = result.metrics
+    # SAS starts from the instax reconstruction (bound Gaussians, densified), not the 400-point template
+    assert m["n_init"] == m["instax_n_splats"] >= 4 * m["instax_n_triangles"] and np.isfinite(m["loss_sas"])
+    assert rec.previews[0][0] == 21 * 48 * 48  # instax's orbit cards came first
+    assert ("stylize", 3, 3) in rec.events and len(result.splats) == m["n_splats"]
+
+
+# ------------------------------------------------------------------ through the server
+
+
+@pytest.mark.timeout(300)
+def test_through_the_real_server_with_cancel(tiny, tmp_path):
+    from test_service import ServerProc, wait_for, wait_ready
+
+    from blender_addon.core import protocol as P
+
+    srv = ServerProc(tmp_path, "--preview-hz", "50", "--cancel-grace", "3", pipelines="stylize").start()
+    try:
+        with srv.client() as c:
+            wait_ready(c, timeout=120)
+            assert "stylize" in c.connect().pipelines
+            photo_bytes = (REPO / "examples" / "astronaut.jpg").read_bytes()
+            job = c.submit(photo_bytes, "stylize", preset="test", style_prompt=STYLE,
+                           options={"steps": 30, "preview_every": 5})
+            events: list = []
+            final = c.wait(job, timeout=240, on_event=events.append)
+            assert isinstance(final, P.JobDone), final
+            steps = [e.step for e in events if isinstance(e, P.Progress) and e.stage == "stylize"]
+            assert steps and steps[-1] == 30
+            previews = [e for e in events if isinstance(e, P.Preview)]
+            assert len(previews) >= 2 and all(np.isfinite(p.splats.means).all() for p in previews)
+            assert final.metrics["style"] == STYLE and np.isfinite(final.metrics["loss_mvdream"])
+            splats, ply = c.get_result(job)
+            assert len(splats) == final.n_gaussians == len(read_ply(ply)) > 0
+
+            job = c.submit(photo_bytes, "stylize", preset="test", style_prompt=STYLE, options={"steps": 100_000})
+            wait_for(c, job, lambda m: isinstance(m, P.Progress) and m.stage == "stylize" and m.step >= 2, timeout=120)
+            t0 = time.perf_counter()
+            c.cancel(job)
+            final = c.wait(job, timeout=30)
+            elapsed = time.perf_counter() - t0
+            assert isinstance(final, P.JobFailed) and final.code == "cancelled", final
+            assert elapsed < 1.5, elapsed
+            assert c.job(job)["state"] == "cancelled"
+    finally:
+        srv.stop()
