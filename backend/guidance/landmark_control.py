@@ -25,6 +25,8 @@ Usage::
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import torch
@@ -56,7 +58,8 @@ N_LANDMARKS = 478
 HEAD_FORWARD = (0.0, -1.0, 0.0)
 
 
-def face_edges() -> list[tuple[int, int, tuple[int, int, int]]]:
+@functools.cache
+def face_edges() -> tuple[tuple[int, int, tuple[int, int, int]], ...]:
     """(i, j, rgb) for every edge the ControlNet's drawing has, in drawing order."""
     from mediapipe.python.solutions import face_mesh_connections as conn
 
@@ -64,9 +67,10 @@ def face_edges() -> list[tuple[int, int, tuple[int, int, int]]]:
     for name, rgb in PART_COLOURS.items():
         for i, j in sorted(getattr(conn, name)):
             edges[(i, j)] = rgb  # as a dict keyed by edge: a later part overrides (none share edges)
-    return [(i, j, rgb) for (i, j), rgb in edges.items()]
+    return tuple((i, j, rgb) for (i, j), rgb in edges.items())
 
 
+@functools.cache
 def _drawn_points() -> np.ndarray:
     return np.unique(np.array([[i, j] for i, j, _ in face_edges()] + [[k, k] for k in PUPIL_COLOURS]))
 
