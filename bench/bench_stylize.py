@@ -29,6 +29,16 @@ layers: SD2.1 uses the penultimate of 24). The tokenizer is the tiny in-code one
 (``backend.testing``) at every size: only compute matters, and the box needs no downloads.
 Without ``--full-size`` the tiny test models are written to a temporary folder and loaded
 through the registry, as the pipeline does.
+
+``--count-flops`` runs one iteration per preset under ``torch.utils.flop_counter`` instead of
+timing (it needs no GPU: full size runs on a CPU in fp32) and prints TFLOP per iteration by
+network, forward and backward, plus the style set's cost (one CFG UNet step x images x steps),
+and the total per preset. A stand-in style statistic (mean 0, identity covariance) replaces the
+style set there: the map's cost does not depend on its values. The counter sees matmuls and
+convolutions only (the rasterizer's own arithmetic is not counted).
+
+``--option KEY=VALUE`` (repeatable) applies a pipeline option to every preset, exactly as a
+job's options do (``stylize.settings``), e.g. ``--option encoder=vae --option mvdream=false``.
 """
 from __future__ import annotations
 
@@ -164,10 +174,70 @@ def face_of_demo_photo(identity_dim: int = 512) -> stylize.Face:
     return stylize.Face(lift_landmarks(fit, face.landmarks2d, face.landmarks3d), identity, fit, 0.0)
 
 
-def bench_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, device, dtype) -> None:
-    cfg = stylize.PRESETS[name]
+def preset_settings(name: str, args) -> stylize.StylizePreset:
+    """The preset with ``--option``s (and ``--no-mvdream``) applied through the pipeline's own parser."""
+    opts = dict(args.option)
     if args.no_mvdream:
-        cfg = replace(cfg, mvdream=False)
+        opts["mvdream"] = False
+    return stylize.settings(name, opts)[0]
+
+
+def _top_level(counts: dict) -> dict[str, float]:
+    """FlopCounterMode's per-module counts -> TFLOP per top-level network (forward + backward)."""
+    out: dict[str, float] = {}
+    for module, ops in counts.items():
+        if module == "Global" or "." in module:
+            continue
+        out[module] = out.get(module, 0.0) + sum(ops.values()) / 1e12
+    return out
+
+
+def count_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, device, dtype) -> None:
+    """TFLOP of one iteration of ``name`` by term and network, and of its style set."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from backend.guidance.style_stats import StyleStats, text_only
+
+    cfg = preset_settings(name, args)
+    style = StyleStats(torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64), cfg.style_images,
+                       PROMPT, "flops")
+    model = GaussianModel.from_splats(stylize.template_splats(face.fit, cfg, 0), cfg.lr_preset, total_steps=cfg.steps,
+                                      device=device)
+    bg = torch.ones(3, device=device)
+    sas = stylize.sas_term(m, cfg, PROMPT, style, identity=face.identity, landmarks=face.landmarks, device=device,
+                           dtype=dtype, seed=0)
+    terms = [("sas", lambda out, cams: stylize.SAS_WEIGHT * sas(out, cams, 0)["loss_sas"])]
+    if cfg.mvdream:
+        mv = stylize.mvdream_term(m, cfg, PROMPT, lambda c: render_model(model, c, background=bg), device=device,
+                                  dtype=dtype, seed=0)
+        terms.append(("mvdream", lambda out, cams: stylize.MVDREAM_WEIGHT * mv(out, cams, 0)["loss_mvdream"]))
+    cams = stylize.view_sampler(cfg, 0).sample(0).to(device)
+    per_term: dict[str, float] = {}
+    for term, fn in terms:
+        t = time.perf_counter()
+        with FlopCounterMode(display=False) as fc:
+            out = render_model(model, cams, background=bg)
+            fn(out, cams).backward()
+        per_term[term] = fc.get_total_flops() / 1e12
+        nets = "  ".join(f"{k} {v:.3f}" for k, v in sorted(_top_level(fc.get_flop_counts()).items(), key=lambda kv: -kv[1]))
+        print(f"[{name}] {term:8s} {per_term[term]:7.3f} TFLOP  ({nets})  [{time.perf_counter() - t:.0f} s here]")
+    # the style set: images x steps CFG denoising steps of the plain SD1.5 UNet at the style resolution
+    unet, r = m.sd.unet, cfg.style_resolution // 8
+    text = torch.zeros(2, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    with torch.no_grad(), text_only(unet, 1) as zero_embeds, FlopCounterMode(display=False) as fc:
+        extra = {"added_cond_kwargs": {"image_embeds": zero_embeds}} if zero_embeds is not None else {}
+        unet(torch.zeros(2, 4, r, r, device=device, dtype=dtype), 500, encoder_hidden_states=text, **extra)
+    step_tf = fc.get_total_flops() / 1e12
+    style_tf = step_tf * cfg.style_images * cfg.style_steps
+    it = sum(per_term.values())
+    print(f"[{name}] per iteration {it:.3f} TFLOP (SAS {cfg.sas_resolution}px/{cfg.encoder}, MVDream "
+          f"{'%dpx' % cfg.mvdream_resolution if cfg.mvdream else 'off'});  style set {cfg.style_images} x "
+          f"{cfg.style_steps} x {step_tf:.3f} = {style_tf:.0f} TFLOP;  run {cfg.steps} steps: "
+          f"{it * cfg.steps + style_tf:,.0f} TFLOP")
+
+
+def bench_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, device, dtype) -> None:
+    cfg = preset_settings(name, args)
     # style set: a fresh cache (PORTRAITSPLAT_MODELS points at a temporary folder)
     _sync(device)
     t = time.perf_counter()
@@ -225,6 +295,19 @@ def bench_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, 
           + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
 
 
+def _option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value); the value is read as JSON where it parses (true, 600), else kept as text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -233,6 +316,9 @@ def main() -> None:
     ap.add_argument("--measure-steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-mvdream", action="store_true", help="time without the MVDream term")
+    ap.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
+                    help="a pipeline option for every preset (repeatable), e.g. encoder=vae")
+    ap.add_argument("--count-flops", action="store_true", help="count TFLOP per iteration instead of timing")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -249,7 +335,7 @@ def main() -> None:
         print(f"models built/loaded in {time.perf_counter() - t:.1f} s")
         face = face_of_demo_photo()
         for name in presets:
-            bench_preset(name, m, face, args, device, dtype)
+            (count_preset if args.count_flops else bench_preset)(name, m, face, args, device, dtype)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,29 @@ def test_unknown_presets_are_typed_in_every_pipeline():
         assert "default" in err.value.hint
 
 
+@pytest.mark.parametrize("run", [photo.run, instax.run, stylize.run], ids=["photo", "instax", "stylize"])
+@pytest.mark.parametrize("options, fragment", [
+    ({"stpes": 10}, "no option 'stpes'"),
+    ({"steps": "many"}, "steps"),
+    ({"steps": True}, "steps"),
+])
+def test_bad_options_fail_before_any_work_in_every_pipeline(run, options, fragment):
+    """A misspelt or mistyped option is a typed error at the start, never silently dropped."""
+    rec = Recorder()
+    image = np.zeros((8, 8, 3), np.uint8)  # never reached: the options are checked first
+    with pytest.raises(InvalidOptionError) as err:
+        run(image, preset="default", options={"style": STYLE, **options}, reporter=rec)
+    assert err.value.code == "bad_option" and fragment in str(err.value) and rec.events == []
+
+
+def test_options_override_preset_fields():
+    from backend.pipelines.presets import choose_preset
+
+    cfg = choose_preset("instax", instax.PRESETS, "fast", {"steps": 50, "grow_grad2d": 1, "style": "x"})
+    assert (cfg.steps, cfg.grow_grad2d, cfg.fit_res) == (50, 1, instax.PRESETS["fast"].fit_res)
+    assert choose_preset("photo", photo.PRESETS, "default", {"style": "ignored"}) is photo.PRESETS["default"]
+
+
 def test_presets_follow_method_a():
     paper = stylize.PRESETS["paper"]
     assert (paper.steps, paper.n_points, paper.init_opacity, paper.init_scale) == (3000, 10_000, 0.2, 0.02)
@@ -138,6 +161,31 @@ def test_ablations_text_only_and_no_mvdream(tiny, astronaut_image, monkeypatch):
     assert ("stylize", 4, 4) in rec.events and "style" not in [e[0] for e in rec.events]  # style set cached
     assert stylize._MODELS["controlnet"][1] is controlnet  # warm between jobs
     assert not any(getattr(p, "to_k_ip", None) is not None for p in stylize._MODELS["sd15"][1].unet.attn_processors.values())
+
+
+def test_taesd_encodes_for_both_terms(tiny):
+    """encoder=taesd swaps the render encoder of the MVDream term too (SD2.1 shares SD1.5's
+    latent space); encoder=vae keeps MVDream's own SD2.1 VAE. Same views, same draws: the
+    loss and the gradient reaching the render differ only by the encoder."""
+    import torch
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    cpu = torch.device("cpu")
+    rgb = torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    got = {}
+    for encoder in ("taesd", "vae"):
+        cfg = replace(stylize.PRESETS["test"], encoder=encoder)
+        m = stylize.load_models(cfg, cpu, torch.float32)
+        x = rgb.clone().requires_grad_(True)
+        term = stylize.mvdream_term(m, cfg, STYLE, lambda cams: SimpleNamespace(rgb=x), device=cpu,
+                                    dtype=torch.float32, seed=0)
+        assert term.vae is (m.taesd if encoder == "taesd" else m.mvdream_parts.vae)
+        loss = term(None, None, 7)["loss_mvdream"]
+        loss.backward()
+        got[encoder] = (float(loss), x.grad.clone())
+    assert np.isfinite(got["taesd"][0]) and got["taesd"][0] != pytest.approx(got["vae"][0], rel=1e-3)
+    assert got["taesd"][1].abs().sum() > 0 and not torch.allclose(got["taesd"][1], got["vae"][1])
 
 
 def test_photo_init_and_cancel(tiny, astronaut_image):

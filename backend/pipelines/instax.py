@@ -45,7 +45,7 @@ from scipy.spatial.transform import Rotation
 
 from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
-from ..errors import FaceError, UnknownPresetError
+from ..errors import FaceError
 from ..face import analyse_face
 from ..gaussians.binding import BoundGaussianModel, bind, decimate, make_bound_strategy
 from ..gaussians.cameras import Cameras, orbit_cameras, spherical_cameras
@@ -54,6 +54,7 @@ from ..gaussians.losses import photometric, psnr
 from ..prior.fit import HeadFit, fit_head
 from ..prior.template import HeadShapeParams, build_head
 from . import NullReporter, RunResult
+from .presets import choose_preset
 
 SV3D_FOV_DEG = 33.8  # SV3D's training renders' vertical field of view
 ORBIT_RADIUS = 2.0  # nominal camera distance in the orbit world; the fit solves the scale
@@ -109,11 +110,7 @@ PRESETS: dict[str, InstaxPreset] = {
 
 
 def _preset(name: str, options: dict | None) -> InstaxPreset:
-    if name not in PRESETS:
-        raise UnknownPresetError(f"The instax pipeline has no preset {name!r}.", hint=f"Choose one of: {', '.join(PRESETS)}.")
-    names = {f.name for f in fields(InstaxPreset)}
-    overrides = {k: v for k, v in (options or {}).items() if k in names}
-    return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
+    return choose_preset("instax", PRESETS, name, options)
 
 
 @dataclass

@@ -12,7 +12,7 @@ ones, so it optionally densifies with absolute gradients.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,7 +21,6 @@ from scipy.spatial import cKDTree
 
 from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
-from ..errors import UnknownPresetError
 from ..face import analyse_face
 from ..gaussians.cameras import Cameras, orbit_cameras
 from ..gaussians.loop import LoopConfig, optimise, render_model
@@ -31,6 +30,7 @@ from ..gaussians.strategies import make_strategy
 from ..prior.fit import HeadFit, fit_head
 from ..prior.sample import INIT_OPACITY, INIT_SCALE, head_unit, project_colors, sample_surface
 from . import NullReporter, RunResult
+from .presets import choose_preset
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,7 @@ SURFACE_SIGMA_M = 0.005  # the surface prior's length scale
 
 
 def _preset(name: str, options: dict | None) -> PhotoPreset:
-    if name not in PRESETS:
-        raise UnknownPresetError(f"The photo pipeline has no preset {name!r}.", hint=f"Choose one of: {', '.join(PRESETS)}.")
-    p = PRESETS[name]
-    overrides = {k: v for k, v in (options or {}).items() if k in PhotoPreset.__dataclass_fields__}
-    return replace(p, **overrides) if overrides else p
+    return choose_preset("photo", PRESETS, name, options)
 
 
 def head_crop_camera(fit, mesh, res: int, pad: float = 0.12) -> tuple[Cameras, tuple[int, int, int]]:

@@ -34,7 +34,8 @@ Options (``options`` dict; the server puts the job's style prompt in ``options["
 - ``identity``: ``True`` (IP-Adapter-FaceID on the ArcFace embedding) or ``False`` (text
   only: no insightface, no adapter);
 - ``mvdream``: ``False`` drops the MVDream term (ablation);
-- ``encoder``: ``"vae"`` or ``"taesd"``; ``steps``: override the preset's step count;
+- ``encoder``: ``"vae"`` or ``"taesd"``: what encodes the renders for both terms (SAS and
+  MVDream: SD2.1 and SD1.5 share one latent space); ``steps``: override the preset's step count;
 - any other :class:`StylizePreset` field by name.
 
 Anything else, or a value out of range, raises :class:`InvalidOptionError`; an unknown preset
@@ -92,7 +93,7 @@ class StylizePreset:
     fov_range_deg: tuple[float, float] = (28.0, 34.0)
     # ---- A.4 SAS loss
     identity: bool = True  # IP-Adapter-FaceID on the ArcFace embedding; False = text only
-    encoder: str = "vae"  # "vae" (SD VAE) | "taesd" (ours, speed)
+    encoder: str = "vae"  # "vae" (SD VAE) | "taesd" (ours, speed): the render encoder of both terms
     sas_guidance_scale: float = 50.0  # A.4: CFG 50
     sas_resolution: int = 512
     control_scale: float = 1.0  # A.4: ControlNet scale 1.0
@@ -279,7 +280,9 @@ def mvdream_term(m: StylizeModels, cfg: StylizePreset, prompt: str, render_fn, *
 
     p = m.mvdream_parts
     s = MVDreamSettings(guidance_scale=cfg.mvdream_guidance_scale, resolution=cfg.mvdream_resolution, schedule=schedule(cfg))
-    return MVDreamGuidance(m.mvdream_unet, p.text_encoder, p.tokenizer, p.vae, p.scheduler, prompt=prompt,
+    # SD2.1 shares SD1.5's latent space, so TAESD stands in for MVDream's VAE as for SAS's
+    vae = m.taesd if cfg.encoder == "taesd" else p.vae
+    return MVDreamGuidance(m.mvdream_unet, p.text_encoder, p.tokenizer, vae, p.scheduler, prompt=prompt,
                            render_fn=render_fn, settings=s, device=device, dtype=dtype, seed=seed)
 
 
