@@ -16,16 +16,21 @@
 
 Presets (:data:`PRESETS`): ``paper`` (every value from METHOD A: 3000 steps, 512 px SAS with
 the SD VAE, CFG 50, MVDream at 256 px with CFG 10), ``fast`` = ``default`` (ours: 600 steps,
-384 px SAS encoded with TAESD, 8 style images, densify every 100 from step 100), ``test``
+384 px SAS, TAESD encoding for both terms, 8 style images, densify every 100 from step 100), ``test``
 (tiny models on a CPU: 64 px, a dozen steps).
 
 How ``fast`` compares with ``paper``. Per step it encodes ~1.8x fewer latent pixels (384² vs
-512²) with an encoder ~9x cheaper (TAESD, shared/WEIGHTS.md), and runs 5x fewer steps; the
+512²) for SAS, and encodes both terms' renders with TAESD instead of the SD VAE (~9x fewer
+encoder FLOPs, forward and backward); it runs 5x fewer steps and a style set of 8 images. The
 schedule (t ~ U(0.02, 0.98) for the first third, then U(0.02, 0.5)) and the densification
-cadence keep the paper's proportions. Expected costs: TAESD smooths fine detail and its latents
-are close to, not equal to, the SD VAE's; 600 steps leave the style less settled on the back
-of the head; SD1.5 at 384 px is below its 512 px training size. No weights were available to
-measure the quality gap; ``bench/bench_stylize.py`` measures the time per step of both.
+cadence keep the paper's proportions. Counted at full size (``bench/bench_stylize.py
+--count-flops``, bench/results/stylize_flops_cpu.txt): ``paper`` 7.60 TFLOP per iteration
+(SAS 4.06, MVDream 3.55; the two VAE encoder passes 4.33 of it), 23,351 TFLOP per run with its
+style set; ``fast`` 2.83 TFLOP per iteration, 1,822 TFLOP per run (12.8x less). Expected
+quality costs: TAESD smooths fine detail and its latents are close to, not equal to, the SD
+VAE's, so the SDS/SAS gradients through it differ; 600 steps leave the style less settled on
+the back of the head; SD1.5 at 384 px is below its 512 px training size. No weights were
+available to measure the quality gap.
 
 Options (``options`` dict; the server puts the job's style prompt in ``options["style"]``):
 
