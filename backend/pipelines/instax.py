@@ -92,7 +92,8 @@ class InstaxPreset:
 PRESETS: dict[str, InstaxPreset] = {
     # the paper's settings (GPU)
     "paper": InstaxPreset(),
-    # ours: a GPU budget aimed at <= 90 s end to end; provisional until benchmarked
+    # ours: <= 90 s end to end on an H100, projected from bench/results/instax_h100.txt: SV3D 16.9 s +
+    # 5000 steps x 12.6 ms (paper sizes, before densification grows the cloud) ~ 63 s
     "default": InstaxPreset(steps=5000, strategy_overrides={"refine_stop_iter": 4000}, preview_every=250),
     # ours: reconstruction a CPU can do in minutes (the generation still wants a GPU)
     "fast": InstaxPreset(
