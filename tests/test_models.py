@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from backend import models
+from backend.models import fetch as downloads
 from backend.errors import ModelMissingError
 
 
@@ -123,8 +124,8 @@ def test_gated_repo_gives_licence_and_token_instructions(tmp_path, monkeypatch):
     def gated(spec, folder, token):
         raise GatedRepoError("403 Client Error: Cannot access gated repo", response=_fake_response(403))
 
-    monkeypatch.setattr(models, "_check_space", lambda spec, folder: None)
-    monkeypatch.setitem(models._DOWNLOADERS, "hf", gated)
+    monkeypatch.setattr(downloads, "_check_space", lambda spec, folder: None)
+    monkeypatch.setitem(downloads._DOWNLOADERS, "hf", gated)
     (result,) = models.download(["sv3d_u"], root=tmp_path)
     assert not result.ok and isinstance(result.error, models.ModelGatedError)
     assert result.error.code == "model_gated"
@@ -136,15 +137,15 @@ def test_disk_full_is_a_clear_error(tmp_path, monkeypatch):
     def full(spec, folder, token):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(models, "_check_space", lambda spec, folder: None)
-    monkeypatch.setitem(models._DOWNLOADERS, "hf", full)
+    monkeypatch.setattr(downloads, "_check_space", lambda spec, folder: None)
+    monkeypatch.setitem(downloads._DOWNLOADERS, "hf", full)
     (result,) = models.download(["taesd"], root=tmp_path)
     assert isinstance(result.error, models.DiskFullError) and "PORTRAITSPLAT_MODELS" in result.error.hint
 
     # and the space check before downloading
     monkeypatch.undo()
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # undo() restored the CI environment's value
-    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 99, 1))
+    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 99, 1))
     (result,) = models.download(["sd15"], root=tmp_path)
     assert isinstance(result.error, models.DiskFullError) and "needs about" in result.error.message
 

@@ -75,7 +75,8 @@ from torch import Tensor, nn
 
 from backend.gaussians.cameras import Cameras, MultiViewSampler
 from backend.gaussians.render import RenderOutput
-from backend.models import MVDreamParts, _corrupt
+from backend.models import MVDreamParts
+from backend.models.store import _corrupt
 
 from .diffusion import TimestepSchedule, add_noise, classifier_free, distillation_loss, encode, sds_weight
 
