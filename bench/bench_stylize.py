@@ -37,6 +37,13 @@ and the total per preset. A stand-in style statistic (mean 0, identity covarianc
 style set there: the map's cost does not depend on its values. The counter sees matmuls and
 convolutions only (the rasterizer's own arithmetic is not counted).
 
+Speed knobs (PERFORMANCE.md's levers; each is a separate run, see ``bench/sweep_stylize.sh``):
+``--dtype fp16|bf16|fp32`` (default fp16 on CUDA, fp32 on a CPU); ``--channels-last`` (every
+convolutional network in NHWC); ``--compile default|max-autotune|reduce-overhead``
+(``nn.Module.compile`` in place on the SD UNet, the ControlNet and the MVDream UNet, which run
+without gradients; ``reduce-overhead`` adds CUDA graphs). The encoders are left eager: their
+backward runs through the renders. "Fewer VAE passes" is ``--option encoder=taesd``.
+
 ``--option KEY=VALUE`` (repeatable) applies a pipeline option to every preset, exactly as a
 job's options do (``stylize.settings``), e.g. ``--option encoder=vae --option mvdream=false``.
 """
@@ -136,6 +143,23 @@ def full_size_models(device: torch.device, dtype: torch.dtype, tmp: Path) -> sty
                                "sd21_vae"), nets)}
     print("parameters (M): " + ", ".join(f"{k} {v:.0f}" for k, v in n.items()))
     return stylize.StylizeModels(sd, controlnet, taesd, mv_unet, parts, key=f"bench-random-{time.time_ns()}")
+
+
+def tune(m: stylize.StylizeModels, args) -> list[str]:
+    """Apply ``--channels-last`` and ``--compile`` to the networks; returns what was done."""
+    done = []
+    convs = [m.sd.unet, m.controlnet, m.sd.vae, m.taesd, m.mvdream_unet, getattr(m.mvdream_parts, "vae", None)]
+    if args.channels_last:
+        for net in convs:
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
+        done.append("channels-last")
+    if args.compile:
+        for net in (m.sd.unet, m.controlnet, m.mvdream_unet):
+            if net is not None:
+                net.compile(mode=args.compile)
+        done.append(f"compile({args.compile}): SD UNet, ControlNet, MVDream UNet")
+    return done
 
 
 def tiny_models(cfg: stylize.StylizePreset, device: torch.device, dtype: torch.dtype, tmp: Path) -> stylize.StylizeModels:
@@ -295,6 +319,9 @@ def bench_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, 
           + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
 
 
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
 def _option(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> (key, value); the value is read as JSON where it parses (true, 600), else kept as text."""
     import json
@@ -319,9 +346,13 @@ def main() -> None:
     ap.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
                     help="a pipeline option for every preset (repeatable), e.g. encoder=vae")
     ap.add_argument("--count-flops", action="store_true", help="count TFLOP per iteration instead of timing")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="network dtype (default fp16 on CUDA, else fp32)")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC memory format for the convolutional networks")
+    ap.add_argument("--compile", choices=("default", "max-autotune", "reduce-overhead"), default=None,
+                    help="torch.compile the no-grad networks (reduce-overhead = CUDA graphs)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "-"
     print(f"device={device} dtype={dtype} torch={torch.__version__} gpu={gpu} "
           f"models={'full size, random weights' if args.full_size else 'tiny'}")
@@ -332,7 +363,8 @@ def main() -> None:
         t = time.perf_counter()
         m = full_size_models(device, dtype, tmp) if args.full_size else tiny_models(stylize.PRESETS[presets[0]], device, dtype, tmp)
         _sync(device)
-        print(f"models built/loaded in {time.perf_counter() - t:.1f} s")
+        print(f"models built/loaded in {time.perf_counter() - t:.1f} s; "
+              f"knobs: {', '.join(tune(m, args)) or 'none'}")
         face = face_of_demo_photo()
         for name in presets:
             (count_preset if args.count_flops else bench_preset)(name, m, face, args, device, dtype)
