@@ -42,7 +42,9 @@ Speed knobs (PERFORMANCE.md's levers; each is a separate run, see ``bench/sweep_
 convolutional network in NHWC); ``--compile default|max-autotune|reduce-overhead``
 (``nn.Module.compile`` in place on the SD UNet, the ControlNet and the MVDream UNet, which run
 without gradients; ``reduce-overhead`` adds CUDA graphs). The encoders are left eager: their
-backward runs through the renders. "Fewer VAE passes" is ``--option encoder=taesd``.
+backward runs through the renders. "Fewer VAE passes" is ``--option encoder=taesd``. Under
+``--compile`` the style set's time includes the compilation (it is the first work the networks
+do); the per-iteration figure is measured after the warm-up steps and does not.
 
 ``--option KEY=VALUE`` (repeatable) applies a pipeline option to every preset, exactly as a
 job's options do (``stylize.settings``), e.g. ``--option encoder=vae --option mvdream=false``.

@@ -13,7 +13,7 @@ SIZE="${SIZE---full-size}"
 run() {
     echo "=== bench_stylize.py --device $DEVICE $SIZE $* ${EXTRA[*]}" | tee -a "$OUT"
     "$PY" bench/bench_stylize.py --device "$DEVICE" $SIZE "$@" "${EXTRA[@]}" 2>&1 \
-        | grep -E '^\[|^device=|^models|^parameters|Error|error' | tee -a "$OUT"
+        | grep -E '^\[(paper|fast|test)\]|^device=|^models|^parameters|Error|error' | tee -a "$OUT"
 }
 EXTRA=("$@")
 : > "$OUT"
