@@ -9,7 +9,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import splats, sync, turntable
-from .core.frames import bake_transform
+from .core.frames import bake_splats
 from .core.splat_arrays import SplatArrays
 from .core.splat_ply import SplatPlyError, read_ply, write_ply
 
@@ -184,12 +184,11 @@ class PORTRAITSPLAT_OT_export_ply(bpy.types.Operator, ExportHelper):
 
 
 def export_arrays(obj, *, apply_transform: bool = True) -> SplatArrays:
-    """The object's splats, with its world transform baked into positions/rotations/scales."""
+    """The object's splats, with its world transform baked into positions, rotations, scales and SH bands."""
     arrays = splats.read_splats(obj.data)
     if not apply_transform:
         return arrays
-    means, quats, log_scales = bake_transform(np.array(obj.matrix_world), arrays.means, arrays.quats, arrays.log_scales)
-    return SplatArrays(means, quats, log_scales, arrays.opacity_logits, arrays.sh0, arrays.shN)
+    return bake_splats(np.array(obj.matrix_world), arrays)
 
 
 class PORTRAITSPLAT_OT_display(bpy.types.Operator):

@@ -10,11 +10,14 @@ looks toward -z, so a viewer at -z looking along +z sees it upright.
     p_ply = M @ p_head,   M = Rx(+90 deg) = [[1, 0, 0], [0, 0, -1], [0, 1, 0]]
 
 M is a proper rotation (det +1), so Gaussian scales are unchanged and orientations
-compose: q_ply = q_M * q_head (wxyz Hamilton product).
+compose: q_ply = q_M * q_head (wxyz Hamilton product). View-dependent colour (SH bands 1..3)
+turns with M too (``sh_rotation.rotate_sh``); the DC colour does not change.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .sh_rotation import rotate_sh
 
 HEAD_TO_PLY = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=np.float64)
 PLY_TO_HEAD = HEAD_TO_PLY.T
@@ -85,6 +88,16 @@ def ply_to_head(means: np.ndarray, quats: np.ndarray) -> tuple[np.ndarray, np.nd
     return (np.asarray(means, np.float64) @ PLY_TO_HEAD.T).astype(dt), quat_multiply(_Q_PLY_TO_HEAD, quats).astype(dt)
 
 
+def sh_head_to_ply(shN: np.ndarray | None) -> np.ndarray | None:
+    """Higher SH bands [N, K, 3] from the head frame to the PLY frame (None stays None)."""
+    return rotate_sh(shN, HEAD_TO_PLY)
+
+
+def sh_ply_to_head(shN: np.ndarray | None) -> np.ndarray | None:
+    """Inverse of :func:`sh_head_to_ply`."""
+    return rotate_sh(shN, PLY_TO_HEAD)
+
+
 def bake_transform(
     matrix: np.ndarray, means: np.ndarray, quats: np.ndarray, log_scales: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,3 +121,16 @@ def bake_transform(
     new_log_scales = np.asarray(log_scales, np.float64) + np.log(s)
     dt = np.asarray(means).dtype
     return new_means.astype(dt), new_quats.astype(dt), new_log_scales.astype(dt)
+
+
+def similarity_rotation(matrix: np.ndarray) -> np.ndarray:
+    """The rotation part of a 4x4 similarity transform (its linear part over its uniform scale)."""
+    lin = np.asarray(matrix, dtype=np.float64)[:3, :3]
+    return lin / np.cbrt(np.linalg.det(lin))
+
+
+def bake_splats(matrix: np.ndarray, splats):
+    """:func:`bake_transform` for a whole ``SplatArrays``, turning the SH bands with the rotation."""
+    means, quats, log_scales = bake_transform(matrix, splats.means, splats.quats, splats.log_scales)
+    shN = rotate_sh(splats.shN, similarity_rotation(matrix))
+    return type(splats)(means, quats, log_scales, splats.opacity_logits, splats.sh0, shN)

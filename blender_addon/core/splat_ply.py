@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
-from .frames import head_to_ply, ply_to_head
+from .frames import head_to_ply, ply_to_head, sh_head_to_ply, sh_ply_to_head
 from .splat_arrays import SplatArrays
 
 FRAMES = ("ply", "head")
@@ -78,9 +78,12 @@ def read_ply(source: str | os.PathLike | bytes, frame: str = "ply") -> SplatArra
         if len(rest) % 3:
             raise SplatPlyError(f"{len(rest)} f_rest properties is not a multiple of 3")
         k = len(rest) // 3
+        if k not in (3, 8, 15):
+            raise SplatPlyError(f"{len(rest)} f_rest properties: expected 9, 24 or 45 (SH degree 1 to 3)")
         shN = col(*rest).reshape(-1, 3, k).transpose(0, 2, 1).copy()  # channel-major -> [N, K, 3]
     if frame == "ply":
         means, quats = ply_to_head(means, quats)
+        shN = sh_ply_to_head(shN)
     return SplatArrays(
         means=np.ascontiguousarray(means, dtype=np.float32),
         quats=np.ascontiguousarray(quats, dtype=np.float32),
@@ -96,8 +99,9 @@ def _ply_data(splats: SplatArrays, frame: str) -> PlyData:
         raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
     s = splats.astype(np.float32)
     means, quats = (s.means, s.quats) if frame == "head" else head_to_ply(s.means, s.quats)
+    shN = s.shN if frame == "head" else sh_head_to_ply(s.shN)
     n = len(s)
-    rest = np.zeros((n, 0), np.float32) if s.shN is None else s.shN.transpose(0, 2, 1).reshape(n, -1)
+    rest = np.zeros((n, 0), np.float32) if shN is None else shN.transpose(0, 2, 1).reshape(n, -1)
     columns = [means, np.zeros((n, 3), np.float32), s.sh0, rest, s.opacity_logits[:, None], s.log_scales, quats]
     flat = np.concatenate(columns, axis=1).astype(np.float32)
     names = property_names(rest.shape[1])
