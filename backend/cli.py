@@ -1,7 +1,7 @@
 """Command line: ``python -m backend <command>``.
 
     generate PHOTO --pipeline photo --out DIR    run a pipeline here (or --connect F: through a server)
-    serve / ping                                 the ZeroMQ service (backend.service_cli)
+    serve / ping / jobs                          the ZeroMQ service (backend.service_cli)
     models check | download [--only NAME ...]    pretrained weights (backend.models)
 """
 from __future__ import annotations

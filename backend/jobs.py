@@ -277,6 +277,25 @@ class JobStore:
         os.replace(tmp, d / "result.npz")
         atomic_write_bytes(d / "result.ply", to_ply_bytes(splats.astype(np.float32), frame="ply"))
 
+    def delete(self, job_id: str) -> int:
+        """Remove an ended job and its folder; returns the bytes freed.
+
+        The folder is first renamed to a ``.tmp-`` name: one atomic step after which the job
+        is gone, even if removing the files is then cut short (:meth:`recover` removes what a
+        crash left behind)."""
+        record = self.get(job_id)
+        if not record.terminal:
+            raise ValueError(f"job {job_id} is {record.state}; only an ended job can be deleted")
+        src = self.job_dir(job_id)
+        doomed = self.jobs_dir / f".tmp-deleted-{job_id}"
+        freed = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(src, doomed)
+        fsync_dir(self.jobs_dir)
+        del self.records[job_id]
+        shutil.rmtree(doomed, ignore_errors=True)
+        return freed
+
     # ------------------------------------------------------------------- reads
     def get(self, job_id: str) -> JobRecord:
         record = self.records.get(job_id) if valid_job_id(job_id) else None

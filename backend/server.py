@@ -52,6 +52,8 @@ from blender_addon.core.protocol import (
     SIGNATURE_SCHEME,
     Cancel,
     CancelReply,
+    DeleteJob,
+    DeleteReply,
     Error,
     GetResult,
     Heartbeat,
@@ -174,6 +176,7 @@ class Server:
             Cancel: self._on_cancel,
             ListJobs: self._on_list_jobs,
             GetResult: self._on_get_result,
+            DeleteJob: self._on_delete_job,
             Shutdown: self._on_shutdown,
         }
 
@@ -434,6 +437,21 @@ class Server:
         except (OSError, ValueError, KeyError) as exc:
             raise PortraitSplatError(f"The result files of job {record.job_id} cannot be read: {exc}", code="result_missing", hint="Run the job again.") from exc
         self._reply(env, Result(job_id=record.job_id, splats=splats, ply=ply, metrics=record.metrics))
+
+    def _on_delete_job(self, env, msg: DeleteJob) -> None:
+        record = self._record(msg.job_id)
+        if not record.terminal:
+            raise PortraitSplatError(f"Job {record.job_id} is {record.state}; only a job that has ended can be deleted.",
+                                     code="job_active", hint="Cancel it first, then delete it.")
+        try:
+            freed = self.store.delete(record.job_id)
+        except OSError as exc:
+            raise PortraitSplatError(f"The folder of job {record.job_id} could not be removed: {exc}", code="delete_failed",
+                                     hint=f"Check the permissions of {self.store.jobs_dir}.") from exc
+        for per_job in (self._submitters, self._pending_previews, self._pending_progress, self._last_preview_pub):
+            per_job.pop(record.job_id, None)
+        log.info("job %s: deleted (%.1f MB freed)", record.job_id, freed / 2**20)
+        self._reply(env, DeleteReply(job_id=record.job_id, freed_bytes=freed))
 
     def _on_shutdown(self, env, msg: Shutdown) -> None:
         log.info("shutdown requested")

@@ -1,10 +1,11 @@
-"""Command-line front of the service: ``serve``, ``ping`` and ``generate --connect``.
+"""Command-line front of the service: ``serve``, ``ping``, ``jobs`` and ``generate --connect``.
 
 ``backend/cli.py`` mounts these with :func:`add_parsers` and calls :func:`remote_generate`
 for ``generate --connect F``. This module runs on its own too::
 
     python -m backend.service_cli serve --connection-file conn.json --state-dir state
     python -m backend.service_cli ping --connection-file conn.json
+    python -m backend.service_cli jobs --connection-file conn.json [--delete ID ...] [--older-than DAYS]
     python -m backend.service_cli generate me.jpg --connect conn.json --out out/ --preset preview
 """
 from __future__ import annotations
@@ -29,9 +30,10 @@ def default_state_dir() -> Path:
 
 # ------------------------------------------------------------------------ parsers
 def add_parsers(subparsers) -> None:
-    """Add ``serve`` and ``ping`` (``generate`` belongs to backend/cli.py)."""
+    """Add ``serve``, ``ping`` and ``jobs`` (``generate`` belongs to backend/cli.py)."""
     add_serve_parser(subparsers)
     add_ping_parser(subparsers)
+    add_jobs_parser(subparsers)
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -64,6 +66,18 @@ def add_ping_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--json", action="store_true", help="print the welcome message as JSON")
     p.set_defaults(func=ping)
+    return p
+
+
+def add_jobs_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("jobs", help="list a backend's jobs; delete ended ones and their folders")
+    p.add_argument("--connection-file", type=Path, required=True)
+    p.add_argument("--delete", nargs="+", default=[], metavar="JOB_ID", help="delete these ended jobs")
+    p.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                   help="delete every ended job that finished more than DAYS days ago")
+    p.add_argument("--json", action="store_true", help="print the job records as JSON")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=jobs)
     return p
 
 
@@ -182,6 +196,59 @@ def ping(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- jobs
+def jobs(args) -> int:
+    """List the jobs (newest first), or delete the named ones / those ended before a cutoff."""
+    from blender_addon.core.client import Client, ServiceError
+    from blender_addon.core.connection import ConnectionFileError
+    from blender_addon.core.protocol import ProtocolError
+
+    deleting = bool(args.delete) or args.older_than is not None
+    try:
+        with Client(args.connection_file, name="portraitsplat-jobs") as client:
+            client.connect(timeout=args.timeout)
+            records = client.list_jobs(limit=100_000, timeout=args.timeout)
+            if not deleting:
+                _print_jobs(records, as_json=args.json)
+                return 0
+            doomed = list(args.delete)
+            if args.older_than is not None:
+                cutoff = time.time() - args.older_than * 86400.0
+                doomed += [r["job_id"] for r in records
+                           if r.get("finished") and r["finished"] < cutoff and r["job_id"] not in doomed]
+            failed, freed = 0, 0
+            for job_id in doomed:
+                try:
+                    freed += client.delete_job(job_id, timeout=args.timeout)
+                    print(f"deleted {job_id}")
+                except ServiceError as exc:  # one job refused (running, unknown): report it and go on
+                    failed += 1
+                    _print_error(exc.code, f"{job_id}: {exc.message}", exc.hint)
+            print(f"{len(doomed) - failed} job(s) deleted, {freed / MiB:.1f} MiB freed")
+            return EXIT_FAILED if failed else 0
+    except ConnectionFileError as exc:
+        _print_error("no_connection_file", str(exc))
+        return EXIT_USAGE
+    except ServiceError as exc:
+        _print_error(exc.code, exc.message, exc.hint)
+        return EXIT_FAILED
+    except ProtocolError as exc:
+        _print_error(exc.code, exc.message)
+        return EXIT_FAILED
+
+
+def _print_jobs(records: list[dict], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(records, indent=1))
+        return
+    print(f"{'job':26s} {'state':12s} {'pipeline':15s} {'preset':8s} {'splats':>8s}  created (UTC)        photo")
+    for r in records:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.get("created") or 0))
+        n = r.get("n_gaussians")
+        print(f"{r.get('job_id', ''):26s} {r.get('state', ''):12s} {r.get('pipeline', ''):15s} {r.get('preset', ''):8s} "
+              f"{'' if n is None else f'{n:,}':>8s}  {created}  {r.get('image_name', '')}")
+
+
 # --------------------------------------------------------------------- generate
 def remote_generate(args) -> int:
     """``generate PHOTO --connect F --out DIR``: run the job on the server, draw progress,
@@ -294,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
     add_ping_parser(sub)
+    add_jobs_parser(sub)
     add_remote_generate_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -130,6 +130,27 @@ class PORTRAITSPLAT_OT_import_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class PORTRAITSPLAT_OT_delete_job(bpy.types.Operator):
+    """Delete an ended job and its folder on the backend (objects already in the scene stay)"""
+
+    bl_idname = "portraitsplat.delete_job"
+    bl_label = "Delete Job"
+
+    job_id: StringProperty(name="Job")
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_confirm(self, event)
+
+    def execute(self, context):
+        try:
+            sync.connect(context)
+            freed = sync.delete_job(context, self.job_id)
+        except sync.UserError as exc:
+            return _report_user_error(self, exc)
+        self.report({"INFO"}, f"Deleted job {self.job_id} ({freed / 2**20:.1f} MiB freed)")
+        return {"FINISHED"}
+
+
 class PORTRAITSPLAT_OT_import_ply(bpy.types.Operator, ImportHelper):
     """Import a 3D Gaussian splat PLY (INRIA layout, from PortraitSplat or other tools)"""
 
@@ -260,6 +281,7 @@ classes = (
     PORTRAITSPLAT_OT_cancel,
     PORTRAITSPLAT_OT_refresh_jobs,
     PORTRAITSPLAT_OT_import_job,
+    PORTRAITSPLAT_OT_delete_job,
     PORTRAITSPLAT_OT_import_ply,
     PORTRAITSPLAT_OT_export_ply,
     PORTRAITSPLAT_OT_display,

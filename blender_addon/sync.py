@@ -260,6 +260,14 @@ def refresh_jobs(context) -> None:
         )
 
 
+def delete_job(context, job_id: str) -> int:
+    """Delete an ended job on the backend and refresh the list; returns the bytes freed."""
+    freed = _call(lambda c: c.delete_job(job_id))
+    refresh_jobs(context)
+    set_status(context, f"Job {job_id} deleted")
+    return freed
+
+
 def import_result(context, job_id: str) -> bpy.types.Object:
     """Fetch a finished job's Gaussians and show them (updating its object if it exists)."""
     result, _ply = _call(lambda c: c.get_result(job_id))

@@ -17,6 +17,10 @@ class PORTRAITSPLAT_UL_jobs(bpy.types.UIList):
         sub.enabled = item.state == "done"
         op = sub.operator("portraitsplat.import_job", text="", icon="IMPORT")
         op.job_id = item.job_id
+        sub = row.row()
+        sub.enabled = item.state not in ("queued", "running")
+        op = sub.operator("portraitsplat.delete_job", text="", icon="TRASH")
+        op.job_id = item.job_id
 
 
 class _Panel:

@@ -74,6 +74,8 @@ def example(cls: type[P.Message]) -> P.Message:
         P.JobList: P.JobList(jobs=[{"job_id": "j1", "state": "done", "n_gaussians": 7}]),
         P.GetResult: P.GetResult(job_id="j1"),
         P.Result: P.Result(job_id="j1", splats=splats, ply=b"ply\nformat binary_little_endian 1.0\n", metrics={"a": 1}),
+        P.DeleteJob: P.DeleteJob(job_id="j1"),
+        P.DeleteReply: P.DeleteReply(job_id="j1", freed_bytes=12345),
         P.Heartbeat: P.Heartbeat(server_time=5.0, queue_length=2, running_job="j1", worker_state="busy"),
         P.Shutdown: P.Shutdown(),
         P.ShutdownReply: P.ShutdownReply(),

@@ -40,6 +40,8 @@ from .protocol import (
     HEARTBEAT_TOPIC,
     Cancel,
     CancelReply,
+    DeleteJob,
+    DeleteReply,
     Error,
     GetResult,
     Heartbeat,
@@ -356,6 +358,11 @@ class Client:
         """(Gaussians in the head frame, result.ply bytes) of a finished job."""
         reply = self._request(GetResult(job_id=job_id), Result, timeout)
         return reply.splats, reply.ply
+
+    def delete_job(self, job_id: str, timeout: float = 10.0) -> int:
+        """Remove an ended job and its folder on the server; returns the bytes freed.
+        A queued or running job raises :class:`ServiceError` ``job_active``."""
+        return self._request(DeleteJob(job_id=job_id), DeleteReply, timeout).freed_bytes
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._request(Shutdown(), ShutdownReply, timeout)

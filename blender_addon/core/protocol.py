@@ -53,7 +53,7 @@ import zmq
 
 from .splat_arrays import SplatArrayError, SplatArrays
 
-PROTOCOL_VERSION = "1.0"  # major.minor; peers with a different major refuse each other
+PROTOCOL_VERSION = "1.1"  # major.minor; peers with a different major refuse each other (1.1: delete_job)
 DELIM = b"<IDS|MSG>"
 SIGNATURE_SCHEME = "hmac-sha256"
 MiB = 2**20
@@ -261,6 +261,22 @@ class Result(Message):
 
 
 @dataclass
+class DeleteJob(Message):
+    """Remove a job that has ended (done, failed, cancelled, interrupted) and its folder, for good.
+    A queued or running job is refused (``job_active``): cancel it first."""
+
+    msg_type: ClassVar[str] = "delete_job"
+    job_id: str
+
+
+@dataclass
+class DeleteReply(Message):
+    msg_type: ClassVar[str] = "delete_reply"
+    job_id: str
+    freed_bytes: int = 0  # the size of the removed job folder
+
+
+@dataclass
 class Heartbeat(Message):
     """server -> every client, on the PUB topic ``HEARTBEAT_TOPIC`` once per interval."""
 
@@ -303,7 +319,8 @@ def registry(*classes: type[Message]) -> dict[str, type[Message]]:
 
 MESSAGE_TYPES = registry(
     Hello, Welcome, Ping, Pong, SubmitJob, JobAccepted, Progress, Preview, JobDone, JobFailed,
-    Cancel, CancelReply, ListJobs, JobList, GetResult, Result, Heartbeat, Shutdown, ShutdownReply, Error,
+    Cancel, CancelReply, ListJobs, JobList, GetResult, Result, DeleteJob, DeleteReply, Heartbeat, Shutdown,
+    ShutdownReply, Error,
 )  # fmt: skip
 
 # PUB topics. Job events go to the submitting session's topic; the "|" ends the session id

@@ -82,6 +82,12 @@ def test_generate_streams_previews_into_one_object(launched):
     assert job_id in [j.job_id for j in rt.jobs]
     assert bpy.ops.portraitsplat.import_job(job_id=job_id) == {"FINISHED"}
     assert splats.find_object(job_id) == obj and len([o for o in bpy.data.objects if o.get("portraitsplat") == job_id]) == 1
+    # deleting the job removes it from the backend and the list; the object in the scene stays
+    assert bpy.ops.portraitsplat.delete_job(job_id=job_id) == {"FINISHED"}
+    assert job_id not in [j.job_id for j in rt.jobs] and "deleted" in rt.status
+    assert splats.find_object(job_id) == obj and len(obj.data.vertices) == 1500
+    with pytest.raises(RuntimeError, match="no job"):
+        bpy.ops.portraitsplat.import_job(job_id=job_id)
 
 
 def test_cancel_and_unavailable_pipeline(launched):
