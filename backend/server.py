@@ -141,6 +141,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+CURVE_KEY_FILE = "curve_server.key"  # in the state directory, mode 0600
+
+
+def load_or_create_curve_keypair(path: Path) -> tuple[bytes, bytes]:
+    """The server's CURVE (public, secret) keys, Z85, kept in ``path`` (mode 0600) so that a
+    restarted server keeps its identity and clients holding the old connection file reconnect.
+    The secret never goes into the connection file, which clients read."""
+    if path.exists():
+        try:
+            public, secret = path.read_bytes().split()
+            if zmq.curve_public(secret) != public:
+                raise ValueError("the public key does not match the secret key")
+        except (OSError, ValueError, zmq.ZMQError) as exc:
+            raise ServerConfigError(f"The CURVE key file {path} is unreadable or damaged: {exc}",
+                                    hint="Delete it; the server makes a new key (clients then need the new connection file).") from exc
+        return public, secret
+    public, secret = zmq.curve_keypair()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(public + b"\n" + secret + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return public, secret
+
+
 @dataclass
 class _Running:
     job_id: str
@@ -213,7 +241,7 @@ class Server:
         sock.setsockopt(zmq.LINGER, 0)
         if self.config.curve:
             if not hasattr(self, "_curve_secret"):
-                self._curve_public, self._curve_secret = zmq.curve_keypair()
+                self._curve_public, self._curve_secret = load_or_create_curve_keypair(Path(self.config.state_dir) / CURVE_KEY_FILE)
             sock.curve_secretkey = self._curve_secret
             sock.curve_publickey = self._curve_public
             sock.curve_server = True

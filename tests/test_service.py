@@ -503,14 +503,29 @@ def test_non_loopback_bind_without_key_is_refused(tmp_path):
     ServerConfig(state_dir=tmp_path, bind="0.0.0.0")  # a key (generated) makes it acceptable
 
 
-def test_curve_encryption(tmp_path):
-    srv = ServerProc(tmp_path, "--curve").start()
+def test_curve_encryption_and_its_key_survives_a_restart(tmp_path):
+    srv = ServerProc(tmp_path, "--curve", "--reuse-connection-file").start()
     try:
-        assert read_connection_file(srv.conn).curve_server_key
+        info = read_connection_file(srv.conn)
+        key_file = srv.state / "curve_server.key"
+        public, secret = key_file.read_bytes().split()
+        assert info.curve_server_key == public.decode() and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert secret.decode() not in srv.conn.read_text()  # clients never see the server's secret
         with srv.client() as c:
             job = c.submit(PHOTO, "synthetic", options=FAST)
             assert isinstance(c.wait(job, timeout=60), P.JobDone)
             assert len(c.get_result(job)[0]) == FAST["n_gaussians"]
+            srv.kill9()
+            srv.start(fresh=False)
+            assert read_connection_file(srv.conn).curve_server_key == info.curve_server_key
+            c.connect(timeout=30)  # the old connection info still opens the encrypted channel
+            assert len(c.get_result(job)[0]) == FAST["n_gaussians"]
+        srv.stop()
+        key_file.write_bytes(b"garbage")
+        r = subprocess.run([sys.executable, "-m", "backend.service_cli", "serve", "--curve", "--connection-file",
+                            str(tmp_path / "c2.json"), "--state-dir", str(srv.state)],
+                           cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": _pythonpath()})  # fmt: skip
+        assert r.returncode == 2 and "bad_server_config" in r.stderr and "curve_server.key" in r.stderr, r.stderr
     finally:
         srv.stop()
 
