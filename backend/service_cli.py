@@ -11,6 +11,7 @@ for ``generate --connect F``. This module runs on its own too::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -155,27 +156,42 @@ def serve(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------- ping
-def ping(args) -> int:
-    from blender_addon.core.client import Client, ServiceError
-    from blender_addon.core.connection import ConnectionFileError
-    from blender_addon.core.protocol import ProtocolError
+# ------------------------------------------------------------------- client side
+def _client_command(fn):
+    """Run a command that talks to a server; the client's typed errors become a message on
+    stderr and an exit code (2: no usable connection file, 1: the server refused or failed)."""
 
-    try:
-        with Client(args.connection_file, name="portraitsplat-ping") as client:
-            t0 = time.perf_counter()
-            welcome = client.connect(timeout=args.timeout)
-            rtt = client.ping(timeout=args.timeout)
-            hello_s = time.perf_counter() - t0
-    except ConnectionFileError as exc:
-        _print_error("no_connection_file", str(exc))
-        return EXIT_USAGE
-    except ServiceError as exc:
-        _print_error(exc.code, exc.message, exc.hint)
-        return EXIT_FAILED
-    except ProtocolError as exc:
-        _print_error(exc.code, exc.message)
-        return EXIT_FAILED
+    @functools.wraps(fn)
+    def run(args) -> int:
+        from blender_addon.core.client import ServiceError
+        from blender_addon.core.connection import ConnectionFileError
+        from blender_addon.core.protocol import ProtocolError
+
+        try:
+            return fn(args)
+        except ConnectionFileError as exc:
+            _print_error("no_connection_file", str(exc))
+            return EXIT_USAGE
+        except ServiceError as exc:
+            _print_error(exc.code, exc.message, exc.hint)
+            return EXIT_FAILED
+        except ProtocolError as exc:
+            _print_error(exc.code, exc.message)
+            return EXIT_FAILED
+
+    return run
+
+
+# ------------------------------------------------------------------------- ping
+@_client_command
+def ping(args) -> int:
+    from blender_addon.core.client import Client
+
+    with Client(args.connection_file, name="portraitsplat-ping") as client:
+        t0 = time.perf_counter()
+        welcome = client.connect(timeout=args.timeout)
+        rtt = client.ping(timeout=args.timeout)
+        hello_s = time.perf_counter() - t0
     if args.json:
         from dataclasses import asdict
 
@@ -197,44 +213,33 @@ def ping(args) -> int:
 
 
 # ------------------------------------------------------------------------- jobs
+@_client_command
 def jobs(args) -> int:
     """List the jobs (newest first), or delete the named ones / those ended before a cutoff."""
     from blender_addon.core.client import Client, ServiceError
-    from blender_addon.core.connection import ConnectionFileError
-    from blender_addon.core.protocol import ProtocolError
 
     deleting = bool(args.delete) or args.older_than is not None
-    try:
-        with Client(args.connection_file, name="portraitsplat-jobs") as client:
-            client.connect(timeout=args.timeout)
-            records = client.list_jobs(limit=100_000, timeout=args.timeout)
-            if not deleting:
-                _print_jobs(records, as_json=args.json)
-                return 0
-            doomed = list(args.delete)
-            if args.older_than is not None:
-                cutoff = time.time() - args.older_than * 86400.0
-                doomed += [r["job_id"] for r in records
-                           if r.get("finished") and r["finished"] < cutoff and r["job_id"] not in doomed]
-            failed, freed = 0, 0
-            for job_id in doomed:
-                try:
-                    freed += client.delete_job(job_id, timeout=args.timeout)
-                    print(f"deleted {job_id}")
-                except ServiceError as exc:  # one job refused (running, unknown): report it and go on
-                    failed += 1
-                    _print_error(exc.code, f"{job_id}: {exc.message}", exc.hint)
-            print(f"{len(doomed) - failed} job(s) deleted, {freed / MiB:.1f} MiB freed")
-            return EXIT_FAILED if failed else 0
-    except ConnectionFileError as exc:
-        _print_error("no_connection_file", str(exc))
-        return EXIT_USAGE
-    except ServiceError as exc:
-        _print_error(exc.code, exc.message, exc.hint)
-        return EXIT_FAILED
-    except ProtocolError as exc:
-        _print_error(exc.code, exc.message)
-        return EXIT_FAILED
+    with Client(args.connection_file, name="portraitsplat-jobs") as client:
+        client.connect(timeout=args.timeout)
+        records = client.list_jobs(limit=100_000, timeout=args.timeout)
+        if not deleting:
+            _print_jobs(records, as_json=args.json)
+            return 0
+        doomed = list(args.delete)
+        if args.older_than is not None:
+            cutoff = time.time() - args.older_than * 86400.0
+            doomed += [r["job_id"] for r in records
+                       if r.get("finished") and r["finished"] < cutoff and r["job_id"] not in doomed]
+        failed, freed = 0, 0
+        for job_id in doomed:
+            try:
+                freed += client.delete_job(job_id, timeout=args.timeout)
+                print(f"deleted {job_id}")
+            except ServiceError as exc:  # one job refused (running, unknown): report it and go on
+                failed += 1
+                _print_error(exc.code, f"{job_id}: {exc.message}", exc.hint)
+        print(f"{len(doomed) - failed} job(s) deleted, {freed / MiB:.1f} MiB freed")
+        return EXIT_FAILED if failed else 0
 
 
 def _print_jobs(records: list[dict], *, as_json: bool) -> None:
@@ -250,14 +255,14 @@ def _print_jobs(records: list[dict], *, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------- generate
+@_client_command
 def remote_generate(args) -> int:
     """``generate PHOTO --connect F --out DIR``: run the job on the server, draw progress,
     save DIR/head.ply (and DIR/metrics.json). Ctrl-C cancels the job on the server."""
     from tqdm import tqdm
 
     from blender_addon.core.client import Client, ServiceError
-    from blender_addon.core.connection import ConnectionFileError
-    from blender_addon.core.protocol import JobFailed, Progress, ProtocolError
+    from blender_addon.core.protocol import JobFailed, Progress
     from blender_addon.core.splat_ply import to_ply_bytes
 
     from backend.jobs import atomic_write_bytes, atomic_write_json
@@ -287,45 +292,34 @@ def remote_generate(args) -> int:
             bar.set_postfix_str(msg.message, refresh=False)
         bar.refresh()
 
-    job_id = None
-    try:
-        with Client(args.connect, name="portraitsplat-cli") as client:
-            client.connect(timeout=10.0)
-            job_id = client.submit(
-                image, pipeline=args.pipeline, preset=args.preset, seed=args.seed,
-                style_prompt=getattr(args, "style", "") or "", options=options, image_name=Path(args.photo).name,
-                preview_hz=0.0,  # the CLI draws no previews: do not pay for them
-            )  # fmt: skip
-            if not quiet:
-                print(f"job {job_id} submitted", file=sys.stderr)
+    with Client(args.connect, name="portraitsplat-cli") as client:
+        client.connect(timeout=10.0)
+        job_id = client.submit(
+            image, pipeline=args.pipeline, preset=args.preset, seed=args.seed,
+            style_prompt=getattr(args, "style", "") or "", options=options, image_name=Path(args.photo).name,
+            preview_hz=0.0,  # the CLI draws no previews: do not pay for them
+        )  # fmt: skip
+        if not quiet:
+            print(f"job {job_id} submitted", file=sys.stderr)
+        try:
+            final = client.wait(job_id, timeout=getattr(args, "timeout", None), on_event=on_event)
+        except KeyboardInterrupt:
+            for bar in bars.values():
+                bar.close()
+            print(f"\ncancelling job {job_id} ...", file=sys.stderr)
+            client.cancel(job_id)
             try:
-                final = client.wait(job_id, timeout=getattr(args, "timeout", None), on_event=on_event)
-            except KeyboardInterrupt:
-                for bar in bars.values():
-                    bar.close()
-                print(f"\ncancelling job {job_id} ...", file=sys.stderr)
-                client.cancel(job_id)
-                try:
-                    client.wait(job_id, timeout=5.0)
-                except ServiceError:
-                    pass
-                return EXIT_INTERRUPTED
-            finally:
-                for bar in bars.values():
-                    bar.close()
-            if isinstance(final, JobFailed):
-                _print_error(final.code, final.message, final.hint)
-                return EXIT_FAILED
-            splats, ply = client.get_result(job_id)
-    except ConnectionFileError as exc:
-        _print_error("no_connection_file", str(exc))
-        return EXIT_USAGE
-    except ServiceError as exc:
-        _print_error(exc.code, exc.message, exc.hint)
-        return EXIT_FAILED
-    except ProtocolError as exc:
-        _print_error(exc.code, exc.message)
-        return EXIT_FAILED
+                client.wait(job_id, timeout=5.0)
+            except ServiceError:
+                pass
+            return EXIT_INTERRUPTED
+        finally:
+            for bar in bars.values():
+                bar.close()
+        if isinstance(final, JobFailed):
+            _print_error(final.code, final.message, final.hint)
+            return EXIT_FAILED
+        splats, ply = client.get_result(job_id)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if getattr(args, "ply_frame", "ply") == "head":

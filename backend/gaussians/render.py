@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from blender_addon.core.sh import sh_basis_terms
 from blender_addon.core.splat_arrays import SH_C0
 
 from typing import TYPE_CHECKING
@@ -292,30 +293,10 @@ def _blend(pix, gid, uv, conic, opacities, color, z, W, H, absgrad_buf, cam, cul
 
 
 # ------------------------------------------------------------------------- SH colour
-_SH_C1 = 0.4886025119029199
-_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154, -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
-
-
 def eval_sh(coeffs: torch.Tensor, means: torch.Tensor, cam_center: torch.Tensor, degree: int) -> torch.Tensor:
     """RGB [N, 3] from real SH coefficients [N, K, 3] seen from ``cam_center`` (3DGS basis, +0.5, clamped at 0)."""
     d = torch.nn.functional.normalize(means - cam_center, dim=-1)
     x, y, z = d.unbind(-1)
-    basis = [torch.full_like(x, SH_C0)]
-    if degree >= 1:
-        basis += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
-    if degree >= 2:
-        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-        basis += [_SH_C2[0] * xy, _SH_C2[1] * yz, _SH_C2[2] * (2 * zz - xx - yy), _SH_C2[3] * xz, _SH_C2[4] * (xx - yy)]
-    if degree >= 3:
-        basis += [
-            _SH_C3[0] * y * (3 * xx - yy),
-            _SH_C3[1] * xy * z,
-            _SH_C3[2] * y * (4 * zz - xx - yy),
-            _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
-            _SH_C3[4] * x * (4 * zz - xx - yy),
-            _SH_C3[5] * z * (xx - yy),
-            _SH_C3[6] * x * (xx - 3 * yy),
-        ]
+    basis = [torch.full_like(x, SH_C0), *sh_basis_terms(x, y, z, degree)]
     B = torch.stack(basis, -1)  # [N, (d+1)^2]
     return (torch.einsum("nk,nkc->nc", B, coeffs[:, : B.shape[1]]) + 0.5).clamp(min=0.0)

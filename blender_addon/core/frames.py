@@ -11,13 +11,13 @@ looks toward -z, so a viewer at -z looking along +z sees it upright.
 
 M is a proper rotation (det +1), so Gaussian scales are unchanged and orientations
 compose: q_ply = q_M * q_head (wxyz Hamilton product). View-dependent colour (SH bands 1..3)
-turns with M too (``sh_rotation.rotate_sh``); the DC colour does not change.
+turns with M too (``sh.rotate_sh``); the DC colour does not change.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .sh_rotation import rotate_sh
+from .sh import rotate_sh
 
 HEAD_TO_PLY = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=np.float64)
 PLY_TO_HEAD = HEAD_TO_PLY.T

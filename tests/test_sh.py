@@ -1,8 +1,8 @@
-"""View-dependent colour turns with the splats: SH band rotation in the PLY frame change and the export bake.
+"""The SH basis, and view-dependent colour turning with the splats (PLY frame change, export bake).
 
-The reference is the renderer's own SH evaluation (``backend.gaussians.render.eval_sh``): a
-rotated cloud with rotated coefficients, seen from the rotated camera, must show the same
-colours as the original.
+The colour checks go through the renderer's own SH evaluation (``backend.gaussians.render
+.eval_sh``): a rotated cloud with rotated coefficients, seen from the rotated camera, must show
+the same colours as the original.
 """
 import io
 
@@ -13,7 +13,7 @@ from plyfile import PlyData
 
 from backend.gaussians.render import eval_sh
 from blender_addon.core import frames
-from blender_addon.core.sh_rotation import band_matrices, rotate_sh
+from blender_addon.core.sh import _fibonacci_sphere, band_matrices, rotate_sh, sh_basis
 from blender_addon.core.splat_arrays import SplatArrays
 from blender_addon.core.splat_ply import SplatPlyError, read_ply, to_ply_bytes
 
@@ -50,6 +50,13 @@ def test_rotated_cloud_looks_the_same_from_the_rotated_camera(k):
     # and the view dependence is real: without turning the bands the colours differ
     unturned = _colours(s.means @ rot.T, s.sh0, s.shN, rot @ cam)
     assert np.max(np.abs(unturned - before)) > 0.05
+
+
+def test_basis_is_orthonormal_on_the_sphere():
+    # a wrong constant or term breaks this; 4 pi * mean over evenly spread points ~ the integral
+    y = sh_basis(_fibonacci_sphere(20_000), 3)
+    gram = 4 * np.pi * (y.T @ y) / len(y)
+    np.testing.assert_allclose(gram, np.eye(15), atol=2e-3)
 
 
 def test_band_matrices_are_orthogonal_and_compose():

@@ -1,11 +1,12 @@
-"""Turning view-dependent colour with the splats: rotation of real SH coefficients.
+"""Real spherical harmonics of view-dependent colour: the basis, and its rotation.
 
 A splat's colour seen along unit direction d (camera -> splat) is
 
     rgb(d) = 0.5 + C0 * sh0 + sum_{l=1..3} Y_l(d) . c_l
 
-with the real SH basis and sign convention of the INRIA 3DGS code (``backend.gaussians.render
-.eval_sh`` evaluates the same basis in torch). When a cloud is rotated by R, each band must
+with the real SH basis and sign convention of the INRIA 3DGS code. :func:`sh_basis_terms` is
+the one definition of that basis: it uses arithmetic only, so the torch renderer
+(``backend.gaussians.render.eval_sh``) and the numpy rotation below both call it. When a cloud is rotated by R, each band must
 turn with it so that the rotated cloud looks the same from the rotated camera:
 c'_l = D_l(R) c_l with Y_l(d) . c'_l = Y_l(R^T d) . c_l for every d. Each band transforms on its
 own (bands never mix), and the DC term is unchanged.
@@ -30,18 +31,17 @@ _C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325
 DEGREE_OF_K = {0: 0, 3: 1, 8: 2, 15: 3}  # coefficients beyond DC per colour channel -> SH degree
 
 
-def sh_basis(dirs: np.ndarray, degree: int) -> np.ndarray:
-    """Bands 1..degree of the 3DGS real SH basis at unit directions [M, 3] -> [M, (degree+1)^2 - 1]."""
-    d = np.asarray(dirs, dtype=np.float64)
-    x, y, z = d[:, 0], d[:, 1], d[:, 2]
-    cols = []
+def sh_basis_terms(x, y, z, degree: int) -> list:
+    """Bands 1..degree of the basis at unit directions given by their components (numpy
+    arrays or torch tensors alike): a list of (degree+1)^2 - 1 arrays, in 3DGS order."""
+    terms = []
     if degree >= 1:
-        cols += [-_C1 * y, _C1 * z, -_C1 * x]
+        terms += [-_C1 * y, _C1 * z, -_C1 * x]
     if degree >= 2:
         xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-        cols += [_C2[0] * xy, _C2[1] * yz, _C2[2] * (2 * zz - xx - yy), _C2[3] * xz, _C2[4] * (xx - yy)]
+        terms += [_C2[0] * xy, _C2[1] * yz, _C2[2] * (2 * zz - xx - yy), _C2[3] * xz, _C2[4] * (xx - yy)]
     if degree >= 3:
-        cols += [
+        terms += [
             _C3[0] * y * (3 * xx - yy),
             _C3[1] * xy * z,
             _C3[2] * y * (4 * zz - xx - yy),
@@ -50,7 +50,14 @@ def sh_basis(dirs: np.ndarray, degree: int) -> np.ndarray:
             _C3[5] * z * (xx - yy),
             _C3[6] * x * (xx - 3 * yy),
         ]
-    return np.stack(cols, axis=1) if cols else np.zeros((len(d), 0))
+    return terms
+
+
+def sh_basis(dirs: np.ndarray, degree: int) -> np.ndarray:
+    """Bands 1..degree at unit directions [M, 3] -> [M, (degree+1)^2 - 1] (numpy, float64)."""
+    d = np.asarray(dirs, dtype=np.float64)
+    terms = sh_basis_terms(d[:, 0], d[:, 1], d[:, 2], degree)
+    return np.stack(terms, axis=1) if terms else np.zeros((len(d), 0))
 
 
 def _fibonacci_sphere(m: int = 64) -> np.ndarray:
