@@ -98,17 +98,14 @@ def sh_ply_to_head(shN: np.ndarray | None) -> np.ndarray | None:
     return rotate_sh(shN, PLY_TO_HEAD)
 
 
-def bake_transform(
-    matrix: np.ndarray, means: np.ndarray, quats: np.ndarray, log_scales: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply a 4x4 similarity transform (rotation, uniform scale, translation) to Gaussians.
+def similarity_parts(matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    """(rotation, uniform scale) of a 4x4 similarity transform.
 
-    Used by the add-on's PLY export to bake an object's transform into the splats.
     Non-uniform scale cannot be represented exactly by a Gaussian's own axes; we take the
-    geometric mean of the three axis scales and raise if they differ by more than 1%.
+    geometric mean of the three axis scales and raise if they differ by more than 1%. A
+    mirroring transform raises too.
     """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    lin = matrix[:3, :3]
+    lin = np.asarray(matrix, dtype=np.float64)[:3, :3]
     axis_scales = np.linalg.norm(lin, axis=0)
     s = float(np.cbrt(np.prod(axis_scales)))
     if s <= 0 or np.max(np.abs(axis_scales / s - 1.0)) > 0.01:
@@ -116,21 +113,27 @@ def bake_transform(
     rot = lin / s
     if np.linalg.det(rot) < 0:
         raise ValueError("transform mirrors the object; a mirrored Gaussian cloud cannot be baked")
-    new_means = np.asarray(means, np.float64) @ lin.T + matrix[:3, 3]
+    return rot, s
+
+
+def bake_transform(
+    matrix: np.ndarray, means: np.ndarray, quats: np.ndarray, log_scales: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply a 4x4 similarity transform (rotation, uniform scale, translation) to Gaussians
+    (see :func:`similarity_parts` for what is refused)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    rot, s = similarity_parts(matrix)
+    new_means = np.asarray(means, np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
     new_quats = quat_multiply(matrix_to_quat(rot), quats)
     new_log_scales = np.asarray(log_scales, np.float64) + np.log(s)
     dt = np.asarray(means).dtype
     return new_means.astype(dt), new_quats.astype(dt), new_log_scales.astype(dt)
 
 
-def similarity_rotation(matrix: np.ndarray) -> np.ndarray:
-    """The rotation part of a 4x4 similarity transform (its linear part over its uniform scale)."""
-    lin = np.asarray(matrix, dtype=np.float64)[:3, :3]
-    return lin / np.cbrt(np.linalg.det(lin))
-
-
 def bake_splats(matrix: np.ndarray, splats):
-    """:func:`bake_transform` for a whole ``SplatArrays``, turning the SH bands with the rotation."""
+    """Bake a similarity transform into a whole ``SplatArrays`` (the add-on's PLY export):
+    positions, rotations and scales as :func:`bake_transform`, and the SH bands turned with
+    the rotation."""
     means, quats, log_scales = bake_transform(matrix, splats.means, splats.quats, splats.log_scales)
-    shN = rotate_sh(splats.shN, similarity_rotation(matrix))
+    shN = rotate_sh(splats.shN, similarity_parts(matrix)[0])
     return type(splats)(means, quats, log_scales, splats.opacity_logits, splats.sh0, shN)

@@ -6,15 +6,16 @@ A splat's colour seen along unit direction d (camera -> splat) is
 
 with the real SH basis and sign convention of the INRIA 3DGS code. :func:`sh_basis_terms` is
 the one definition of that basis: it uses arithmetic only, so the torch renderer
-(``backend.gaussians.render.eval_sh``) and the numpy rotation below both call it. When a cloud is rotated by R, each band must
-turn with it so that the rotated cloud looks the same from the rotated camera:
-c'_l = D_l(R) c_l with Y_l(d) . c'_l = Y_l(R^T d) . c_l for every d. Each band transforms on its
-own (bands never mix), and the DC term is unchanged.
+(``backend.gaussians.render.eval_sh``) and the numpy rotation below both call it.
+
+When a cloud is rotated by R, each band must turn with it so that the rotated cloud looks the
+same from the rotated camera: c'_l = D_l(R) c_l with Y_l(d) . c'_l = Y_l(R^T d) . c_l for
+every d. Each band transforms on its own (bands never mix); the DC term is unchanged.
 
 D_l(R) is found by least squares from the basis at 64 well-spread directions: the basis of
 band l spans exactly the functions of that band, so the fit is exact to rounding (the
-residual is checked). It needs no Wigner recursions and is cheap: one (2l+1)^2 matrix per band per rotation, then one matmul per band
-for all splats.
+residual is checked). It needs no Wigner recursions and is cheap: one (2l+1)^2 matrix per
+band per rotation, then one matmul per band for all splats.
 
 No bpy and no torch: numpy only, so the add-on (export with a baked transform) and the PLY
 frame conversion both use it.

@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from .sh import DEGREE_OF_K
+
 SH_C0 = 0.28209479177387814  # Y_0^0; rgb = 0.5 + SH_C0 * f_dc
 
 _FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh0", "shN")
@@ -93,8 +95,7 @@ class SplatArrays:
 
     @property
     def sh_degree(self) -> int:
-        k = 0 if self.shN is None else self.shN.shape[1]
-        return {0: 0, 3: 1, 8: 2, 15: 3}[k]
+        return DEGREE_OF_K[0 if self.shN is None else self.shN.shape[1]]
 
     def rgb(self) -> np.ndarray:  # [N, 3] in [0, 1]
         return np.clip(sh0_to_rgb(self.sh0), 0.0, 1.0)

@@ -9,7 +9,7 @@ bpy = pytest.importorskip("bpy")
 
 from conftest import synthetic_head  # noqa: E402
 
-from blender_addon.core.frames import bake_transform, similarity_rotation  # noqa: E402
+from blender_addon.core.frames import bake_transform, similarity_parts  # noqa: E402
 from blender_addon.core.sh import rotate_sh  # noqa: E402
 from blender_addon.core.splat_arrays import sh0_to_rgb, sigmoid  # noqa: E402
 from blender_addon.core.splat_ply import read_ply, write_ply  # noqa: E402
@@ -104,7 +104,7 @@ def test_exported_ply_equals_input_after_transform_bake(addon, tmp_path):
     np.testing.assert_array_equal(got.sh0, cloud.sh0)
     np.testing.assert_array_equal(got.opacity_logits, cloud.opacity_logits)
     # the view-dependent bands turn with the object (the colour maths is tested in test_sh)
-    np.testing.assert_allclose(got.shN, rotate_sh(cloud.shN, similarity_rotation(np.array(obj.matrix_world))), atol=1e-5)
+    np.testing.assert_allclose(got.shN, rotate_sh(cloud.shN, similarity_parts(np.array(obj.matrix_world))[0]), atol=1e-5)
     assert np.max(np.abs(got.shN - cloud.shN)) > 0.01
     # identity transform: the exported file equals the input
     obj.location, obj.rotation_euler, obj.scale = (0, 0, 0), (0, 0, 0), (1, 1, 1)
