@@ -22,6 +22,7 @@ Every (Python, platform) pair must get exactly one pyzmq wheel; if any download 
 build stops with an error and writes no zip. The manifest's ``platforms`` must equal the
 platforms the wheels cover. This script never imports bpy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,11 +67,13 @@ class WheelTags:
     platform: tuple[str, ...]
 
     @classmethod
-    def parse(cls, filename: str) -> "WheelTags":
+    def parse(cls, filename: str) -> WheelTags:
         parts = filename[:-4].split("-") if filename.endswith(".whl") else []
         if len(parts) not in (5, 6):
             raise BuildError(f"not a wheel file name: {filename}")
-        return cls(parts[0], parts[1], tuple(parts[-3].split(".")), tuple(parts[-2].split(".")), tuple(parts[-1].split(".")))
+        return cls(
+            parts[0], parts[1], tuple(parts[-3].split(".")), tuple(parts[-2].split(".")), tuple(parts[-1].split("."))
+        )
 
     def covers_python(self, version: str) -> bool:
         tag = "cp" + version.replace(".", "")
@@ -93,8 +96,20 @@ class WheelTags:
 def _pip_download(requirement: str, dest: Path, *, python: str | None = None, platforms: tuple[str, ...] = ()) -> Path:
     """Download one wheel with pip; returns its path. Raises BuildError when pip cannot."""
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps", "--only-binary", ":all:",
-               "--dest", tmp, "--disable-pip-version-check", "--quiet"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            requirement,
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--dest",
+            tmp,
+            "--disable-pip-version-check",
+            "--quiet",
+        ]
         if python is not None:
             abi = "cp" + python.replace(".", "")
             cmd += ["--python-version", python, "--implementation", "cp", "--abi", abi]
@@ -171,7 +186,17 @@ def render_manifest(source: str, wheels: list[str]) -> str:
 def check_manifest(manifest: dict, wheel_names: list[str]) -> list[str]:
     """Problems with a manifest against the wheels in the zip (empty list: all good)."""
     problems = []
-    for key in ("schema_version", "id", "version", "name", "tagline", "maintainer", "type", "license", "blender_version_min"):
+    for key in (
+        "schema_version",
+        "id",
+        "version",
+        "name",
+        "tagline",
+        "maintainer",
+        "type",
+        "license",
+        "blender_version_min",
+    ):
         if key not in manifest:
             problems.append(f"manifest lacks '{key}'")
     if manifest.get("type") != "add-on":
@@ -189,14 +214,25 @@ def check_manifest(manifest: dict, wheel_names: list[str]) -> list[str]:
         if needed not in perms:
             problems.append(f"[permissions] lacks '{needed}' (the add-on uses sockets and files)")
     for key, reason in perms.items():
-        if not isinstance(reason, str) or not reason or len(reason) > 64 or not (reason[-1].isalnum() or reason[-1] in ")]}"):
+        if (
+            not isinstance(reason, str)
+            or not reason
+            or len(reason) > 64
+            or not (reason[-1].isalnum() or reason[-1] in ")]}")
+        ):
             problems.append(f"[permissions] {key}: a reason of at most 64 characters not ending in punctuation")
     tags = [WheelTags.parse(w) for w in wheel_names]
     zmq = [t for t in tags if t.name.lower() == "pyzmq"]
     covered = set()
     for python in PYTHONS:
         for platform in PLATFORMS:
-            hits = [t for t in zmq if t.covers_python(python) and "cp" + python.replace(".", "") in t.abi and platform in t.blender_platforms()]
+            hits = [
+                t
+                for t in zmq
+                if t.covers_python(python)
+                and "cp" + python.replace(".", "") in t.abi
+                and platform in t.blender_platforms()
+            ]
             if len(hits) != 1:
                 problems.append(f"{len(hits)} pyzmq wheels for CPython {python} on {platform}, expected 1")
             else:
@@ -206,7 +242,9 @@ def check_manifest(manifest: dict, wheel_names: list[str]) -> list[str]:
     if not any(t.name.lower() == "plyfile" for t in tags):
         problems.append("no plyfile wheel")
     if sorted(manifest.get("platforms", [])) != sorted(covered):
-        problems.append(f"manifest platforms {manifest.get('platforms')} differ from the wheels' platforms {sorted(covered)}")
+        problems.append(
+            f"manifest platforms {manifest.get('platforms')} differ from the wheels' platforms {sorted(covered)}"
+        )
     return problems
 
 
@@ -217,7 +255,7 @@ def check_zip(path: Path) -> dict:
         if "blender_manifest.toml" not in names or "__init__.py" not in names:
             raise BuildError(f"{path} lacks blender_manifest.toml or __init__.py at its top level")
         manifest = tomllib.loads(zf.read("blender_manifest.toml").decode("utf-8"))
-        wheels = [n[len("wheels/"):] for n in names if n.startswith("wheels/") and n.endswith(".whl")]
+        wheels = [n[len("wheels/") :] for n in names if n.startswith("wheels/") and n.endswith(".whl")]
         problems = check_manifest(manifest, wheels)
         if any(n.endswith((".pyc",)) or "__pycache__" in n for n in names):
             problems.append("the zip contains compiled caches")
@@ -263,7 +301,9 @@ def build(out_dir: Path, cache: Path, *, offline: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "dist", help="output folder (default: dist/)")
     ap.add_argument("--wheel-dir", type=Path, default=None, help="use wheels from this folder, download nothing")
     ap.add_argument("--cache", type=Path, default=ROOT / "build" / "wheels", help="wheel download cache")

@@ -1,9 +1,10 @@
 """Command line: ``python -m backend <command>``.
 
-    generate PHOTO --pipeline photo --out DIR    run a pipeline here (or --connect F: through a server)
-    serve / ping / jobs                          the ZeroMQ service (backend.service_cli)
-    models check | download [--only NAME ...]    pretrained weights (backend.models)
+generate PHOTO --pipeline photo --out DIR    run a pipeline here (or --connect F: through a server)
+serve / ping / jobs                          the ZeroMQ service (backend.service_cli)
+models check | download [--only NAME ...]    pretrained weights (backend.models)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--style", default="", help="style prompt (stylising pipelines)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--ply-frame", choices=["ply", "head"], default="ply", help="PLY axes: ply = RDF/OpenCV for 3DGS viewers")
+    p.add_argument(
+        "--ply-frame", choices=["ply", "head"], default="ply", help="PLY axes: ply = RDF/OpenCV for 3DGS viewers"
+    )
     p.add_argument("--connect", type=Path, default=None, help="run through a server: its connection file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_generate)
@@ -80,7 +83,9 @@ def _generate(args) -> int:
     t0 = time.perf_counter()
     try:
         image = load_image(args.photo)
-        result = pipelines[args.pipeline](image, preset=args.preset, seed=args.seed, options={"style": args.style}, reporter=reporter)
+        result = pipelines[args.pipeline](
+            image, preset=args.preset, seed=args.seed, options={"style": args.style}, reporter=reporter
+        )
     except PortraitSplatError as exc:
         reporter.close()
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
@@ -91,7 +96,9 @@ def _generate(args) -> int:
     paths = write_outputs(args.out, result, ply_frame=args.ply_frame)
     result.metrics["wall_s"] = round(time.perf_counter() - t0, 2)
     (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
-    print(f"wrote {paths['ply']} ({len(result.splats)} splats) and {len(paths['turntable'])} turntable frames in {args.out / 'turntable'}")
+    print(
+        f"wrote {paths['ply']} ({len(result.splats)} splats) and {len(paths['turntable'])} turntable frames in {args.out / 'turntable'}"
+    )
     print(json.dumps(result.metrics))
     return 0
 

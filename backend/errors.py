@@ -3,6 +3,7 @@
 Every error that can reach a user carries a stable ``code`` (used in ``job_failed``
 messages on the wire), a ``message`` saying what happened and a ``hint`` saying what to do.
 """
+
 from __future__ import annotations
 
 
@@ -27,12 +28,14 @@ class PortraitSplatError(Exception):
 
 class InputImageError(PortraitSplatError):
     """The photo could not be read or is not usable (corrupt, bomb, wrong mode, too small)."""
+
     code = "bad_image"
     hint = "Use a JPEG or PNG portrait photo of at least 256x256 pixels."
 
 
 class FaceError(PortraitSplatError):
     """Base for face-analysis failures."""
+
     code = "face_error"
 
 
@@ -64,11 +67,13 @@ class CancelledError(PortraitSplatError):
 class UnknownPresetError(PortraitSplatError, ValueError):
     """A pipeline was asked for a preset it does not have (also a ValueError, for callers
     that validate arguments generically)."""
+
     code = "unknown_preset"
     hint = "Pick one of the presets the pipeline lists, or leave the preset at 'default'."
 
 
 class InvalidOptionError(PortraitSplatError, ValueError):
     """A pipeline option has a value the pipeline does not accept."""
+
     code = "bad_option"
     hint = "Check the option's spelling and allowed values in the pipeline's documentation."

@@ -32,6 +32,7 @@ Usage::
     img = load_image(Path("me.jpg"))          # [H, W, 3] uint8
     png = encode_png(img)                     # bytes, for a job folder or the wire
 """
+
 from __future__ import annotations
 
 import io
@@ -86,8 +87,7 @@ def load_image(
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         except UnidentifiedImageError as exc:
             raise InputImageError(
-                "The file is not an image that can be read: expected JPEG, PNG, WebP, BMP, "
-                "TIFF or GIF.",
+                "The file is not an image that can be read: expected JPEG, PNG, WebP, BMP, TIFF or GIF.",
             ) from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _bomb_error(None, max_pixels) from exc
@@ -160,11 +160,13 @@ def _read_source(source, max_bytes: int) -> bytes:
         except FileNotFoundError as exc:
             raise InputImageError(f"No file at {path}.", hint="Check the photo's path.") from exc
         except PermissionError as exc:
-            raise InputImageError(f"Cannot read {path}: permission denied.",
-                                  hint="Check the file's permissions.") from exc
+            raise InputImageError(
+                f"Cannot read {path}: permission denied.", hint="Check the file's permissions."
+            ) from exc
         except OSError as exc:
-            raise InputImageError(f"Cannot read {path}: {exc.strerror or exc}.",
-                                  hint="Check the photo's path.") from exc
+            raise InputImageError(
+                f"Cannot read {path}: {exc.strerror or exc}.", hint="Check the photo's path."
+            ) from exc
         if len(data) > max_bytes:  # the file grew between stat and read
             raise _too_many_bytes_error(len(data), max_bytes)
     else:
@@ -179,7 +181,7 @@ def _apply_exif_orientation(img: Image.Image) -> Image.Image:
     the pixels are still a usable photo, only its rotation is unknown."""
     try:
         out = ImageOps.exif_transpose(img)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on a broken EXIF block
         log.warning("Ignoring unreadable EXIF orientation (%s); using the image as stored.", exc)
         return img
     return img if out is None else out
@@ -191,8 +193,7 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         grey = np.asarray(img).astype(np.int64)  # [H, W]
         if grey.size and (grey.min() < 0 or grey.max() > 65535):
             raise InputImageError(
-                f"The image holds 32-bit integer values ({grey.min()}..{grey.max()}) that cannot "
-                "be mapped to colours.",
+                f"The image holds 32-bit integer values ({grey.min()}..{grey.max()}) that cannot be mapped to colours.",
                 hint="Re-save the photo as an 8-bit or 16-bit JPEG or PNG.",
             )
         grey8 = ((grey * 255 + 32767) // 65535).astype(np.uint8)  # rounds v * 255 / 65535
@@ -237,8 +238,7 @@ def _bomb_error(size: tuple[int, int] | None, max_pixels: int) -> InputImageErro
 
 def _too_small_error(size: tuple[int, int], min_side: int) -> InputImageError:
     return InputImageError(
-        f"The image is only {size[0]}x{size[1]} pixels; its shorter side must be at least "
-        f"{min_side} pixels.",
+        f"The image is only {size[0]}x{size[1]} pixels; its shorter side must be at least {min_side} pixels.",
         hint="Use a larger photo; a face of 256 pixels or more gives the best results.",
     )
 

@@ -20,6 +20,7 @@ States::
     queued -> running -> done | failed | cancelled | interrupted
     queued -> cancelled | interrupted
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,10 @@ import secrets
 import shutil
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -41,12 +43,26 @@ from blender_addon.core.splat_ply import to_ply_bytes
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = "queued", "running", "done", "failed", "cancelled", "interrupted"
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
+    "queued",
+    "running",
+    "done",
+    "failed",
+    "cancelled",
+    "interrupted",
+)
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED)
 TERMINAL_STATES = frozenset({DONE, FAILED, CANCELLED, INTERRUPTED})
 
 JOB_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")  # also guards every path built from an id
-IMAGE_EXTENSIONS = {b"\xff\xd8\xff": ".jpg", b"\x89PNG\r\n\x1a\n": ".png", b"GIF8": ".gif", b"BM": ".bmp", b"II*\x00": ".tif", b"MM\x00*": ".tif"}
+IMAGE_EXTENSIONS = {
+    b"\xff\xd8\xff": ".jpg",
+    b"\x89PNG\r\n\x1a\n": ".png",
+    b"GIF8": ".gif",
+    b"BM": ".bmp",
+    b"II*\x00": ".tif",
+    b"MM\x00*": ".tif",
+}
 
 INTERRUPTED_ERROR = {
     "code": "interrupted",
@@ -125,7 +141,7 @@ class JobRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JobRecord":
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -250,7 +266,15 @@ class JobStore:
         record.state, record.started = RUNNING, time.time()
         self.save(record)
 
-    def finish(self, record: JobRecord, state: str, *, error: dict[str, str] | None = None, n_gaussians: int | None = None, metrics: dict | None = None) -> None:
+    def finish(
+        self,
+        record: JobRecord,
+        state: str,
+        *,
+        error: dict[str, str] | None = None,
+        n_gaussians: int | None = None,
+        metrics: dict | None = None,
+    ) -> None:
         if state not in TERMINAL_STATES:
             raise ValueError(f"{state!r} is not a final state")
         record.state, record.finished, record.error = state, time.time(), error

@@ -27,15 +27,17 @@ Usage (see ``backend.service_cli`` for the command line)::
     server.start()            # binds, recovers jobs, writes the connection file, starts the worker
     server.serve_forever()    # until a shutdown request or request_stop()
 """
+
 from __future__ import annotations
 
 import ipaddress
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -119,13 +121,19 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
-        self.connection_file = Path(self.connection_file) if self.connection_file else self.state_dir / "connection.json"
+        self.connection_file = (
+            Path(self.connection_file) if self.connection_file else self.state_dir / "connection.json"
+        )
         if self.preview_dtype not in PREVIEW_DTYPES:
             raise ServerConfigError(f"preview dtype {self.preview_dtype!r} is not one of {PREVIEW_DTYPES}")
         if self.key == "" and not is_loopback(self.bind):
-            raise InsecureBindError(f"Refusing to bind {self.bind} without a signing key: anyone on the network could run jobs.")
+            raise InsecureBindError(
+                f"Refusing to bind {self.bind} without a signing key: anyone on the network could run jobs."
+            )
         if self.curve and not zmq.has("curve"):
-            raise ServerConfigError("This libzmq has no CURVE support.", hint="Install a pyzmq wheel built with libsodium, or drop --curve.")
+            raise ServerConfigError(
+                "This libzmq has no CURVE support.", hint="Install a pyzmq wheel built with libsodium, or drop --curve."
+            )
 
     @property
     def limits(self) -> Limits:
@@ -154,8 +162,10 @@ def load_or_create_curve_keypair(path: Path) -> tuple[bytes, bytes]:
             if zmq.curve_public(secret) != public:
                 raise ValueError("the public key does not match the secret key")
         except (OSError, ValueError, zmq.ZMQError) as exc:
-            raise ServerConfigError(f"The CURVE key file {path} is unreadable or damaged: {exc}",
-                                    hint="Delete it; the server makes a new key (clients then need the new connection file).") from exc
+            raise ServerConfigError(
+                f"The CURVE key file {path} is unreadable or damaged: {exc}",
+                hint="Delete it; the server makes a new key (clients then need the new connection file).",
+            ) from exc
         return public, secret
     public, secret = zmq.curve_keypair()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +193,9 @@ class Server:
         self.session = Session(self.key, limits=config.limits)
         self.store = JobStore(config.state_dir)
         self.queue = JobQueue()
-        self.executor = WorkerExecutor(self.context, pipelines=config.pipelines, python=config.worker_python, env=config.worker_env)
+        self.executor = WorkerExecutor(
+            self.context, pipelines=config.pipelines, python=config.worker_python, env=config.worker_env
+        )
         self.router: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
         self.info: ConnectionInfo | None = None
@@ -225,15 +237,26 @@ class Server:
 
         interrupted = self.store.recover()
         for record in interrupted:
-            log.warning("job %s was %s when the backend stopped: marked interrupted", record.job_id, "running or queued")
+            log.warning(
+                "job %s was %s when the backend stopped: marked interrupted", record.job_id, "running or queued"
+            )
         self.info = ConnectionInfo(
-            ip=cfg.bind, router_port=router_port, pub_port=pub_port, key=self.key,
-            server_version=backend.__version__, pid=os.getpid(),
+            ip=cfg.bind,
+            router_port=router_port,
+            pub_port=pub_port,
+            key=self.key,
+            server_version=backend.__version__,
+            pid=os.getpid(),
             curve_server_key=self._curve_public.decode("ascii") if cfg.curve else None,
-        )  # fmt: skip
+        )
         self.executor.start()
         write_connection_file(cfg.connection_file, self.info)
-        log.info("listening on %s (requests) and %s (events); connection file %s", self.info.router_url, self.info.pub_url, cfg.connection_file)
+        log.info(
+            "listening on %s (requests) and %s (events); connection file %s",
+            self.info.router_url,
+            self.info.pub_url,
+            cfg.connection_file,
+        )
         return self.info
 
     def _socket(self, kind: int) -> zmq.Socket:
@@ -241,7 +264,9 @@ class Server:
         sock.setsockopt(zmq.LINGER, 0)
         if self.config.curve:
             if not hasattr(self, "_curve_secret"):
-                self._curve_public, self._curve_secret = load_or_create_curve_keypair(Path(self.config.state_dir) / CURVE_KEY_FILE)
+                self._curve_public, self._curve_secret = load_or_create_curve_keypair(
+                    Path(self.config.state_dir) / CURVE_KEY_FILE
+                )
             sock.curve_secretkey = self._curve_secret
             sock.curve_publickey = self._curve_public
             sock.curve_server = True
@@ -327,21 +352,34 @@ class Server:
                 continue
             handler = self._handlers.get(type(env.message))
             if handler is None:
-                self._reply_error(env.identities, env.header.msg_id, "unexpected_msg_type", f"the server does not accept {env.header.msg_type!r} messages")
+                self._reply_error(
+                    env.identities,
+                    env.header.msg_id,
+                    "unexpected_msg_type",
+                    f"the server does not accept {env.header.msg_type!r} messages",
+                )
                 continue
             try:
                 handler(env, env.message)
             except PortraitSplatError as exc:
                 self._reply_error(env.identities, env.header.msg_id, exc.code, exc.message, exc.hint)
-            except Exception as exc:  # noqa: BLE001 - logged with traceback and answered; the server stays up
+            except Exception as exc:
                 log.exception("error handling %s", env.header.msg_type)
-                self._reply_error(env.identities, env.header.msg_id, "internal_error", f"{type(exc).__name__}: {exc}", "This is a bug in the backend; its log has the traceback.")
+                self._reply_error(
+                    env.identities,
+                    env.header.msg_id,
+                    "internal_error",
+                    f"{type(exc).__name__}: {exc}",
+                    "This is a bug in the backend; its log has the traceback.",
+                )
 
     def _reply(self, env, msg: Message) -> None:
         self.session.send(self.router, msg, parent_id=env.header.msg_id, identities=env.identities)
 
     def _reply_error(self, identities: list[bytes], parent_id: str, code: str, message: str, hint: str = "") -> None:
-        self.session.send(self.router, Error(code=code, message=message, hint=hint), parent_id=parent_id, identities=identities)
+        self.session.send(
+            self.router, Error(code=code, message=message, hint=hint), parent_id=parent_id, identities=identities
+        )
 
     @staticmethod
     def _missing_models(pipelines) -> dict[str, str]:
@@ -371,7 +409,9 @@ class Server:
             vram_free=w.vram_free if w else None,
             vram_total=w.vram_total if w else None,
             worker_state=state,
-            worker_error="" if self._worker_failures < MAX_WORKER_START_FAILURES else "the worker keeps crashing at start; see the backend log",
+            worker_error=""
+            if self._worker_failures < MAX_WORKER_START_FAILURES
+            else "the worker keeps crashing at start; see the backend log",
             capabilities={
                 "signature_scheme": SIGNATURE_SCHEME,
                 "signed": bool(self.key),
@@ -405,15 +445,17 @@ class Server:
         if len(msg.image) > cfg.max_image_bytes:
             raise PortraitSplatError(
                 f"The photo is {len(msg.image) / MiB:.1f} MiB; this backend accepts up to {cfg.max_image_bytes / MiB:.0f} MiB.",
-                code="bad_image", hint="Use a smaller JPEG, or start the backend with a larger --max-image-mb.",
-            )  # fmt: skip
+                code="bad_image",
+                hint="Use a smaller JPEG, or start the backend with a larger --max-image-mb.",
+            )
         info = self.executor.info
         if info is not None and msg.pipeline not in info.pipelines:
             why = info.unavailable.get(msg.pipeline)
             raise PortraitSplatError(
                 f"The pipeline {msg.pipeline!r} is not available" + (f": {why}" if why else "."),
-                code="unknown_pipeline", hint=f"Available: {', '.join(info.pipelines) or 'none'}.",
-            )  # fmt: skip
+                code="unknown_pipeline",
+                hint=f"Available: {', '.join(info.pipelines) or 'none'}.",
+            )
         models_mod.ensure_models(msg.pipeline)  # missing weights: one clear error now, not mid-job
         dtype = msg.preview_dtype or cfg.preview_dtype
         if dtype not in PREVIEW_DTYPES:
@@ -423,16 +465,30 @@ class Server:
         if msg.style_prompt:
             options.setdefault("style", msg.style_prompt)
         record = JobRecord(
-            job_id=jobs_mod.new_job_id(), pipeline=msg.pipeline, preset=msg.preset, seed=msg.seed,
-            style_prompt=msg.style_prompt, options=options, session=env.header.session,
-            image_name=msg.image_name[:200], preview_hz=hz, preview_dtype=dtype,
-        )  # fmt: skip
+            job_id=jobs_mod.new_job_id(),
+            pipeline=msg.pipeline,
+            preset=msg.preset,
+            seed=msg.seed,
+            style_prompt=msg.style_prompt,
+            options=options,
+            session=env.header.session,
+            image_name=msg.image_name[:200],
+            preview_hz=hz,
+            preview_dtype=dtype,
+        )
         request = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name != "image"}
         request |= {"image_bytes": len(msg.image), "received": time.time(), "session": env.header.session}
         self.store.create(record, msg.image, request)
         position = self.queue.push(record.job_id) + (1 if self._running is not None else 0)
         self._submitters[record.job_id] = list(env.identities)
-        log.info("job %s queued (%s/%s, %d bytes, position %d)", record.job_id, record.pipeline, record.preset, len(msg.image), position)
+        log.info(
+            "job %s queued (%s/%s, %d bytes, position %d)",
+            record.job_id,
+            record.pipeline,
+            record.preset,
+            len(msg.image),
+            position,
+        )
         self._reply(env, JobAccepted(job_id=record.job_id, position=position))
         self._dispatch()
 
@@ -441,7 +497,11 @@ class Server:
         running = self._running
         if record.job_id in self.queue:
             self.queue.remove(record.job_id)
-            self._end_job(record, jobs_mod.CANCELLED, {"code": "cancelled", "message": "The job was cancelled before it started.", "hint": ""})
+            self._end_job(
+                record,
+                jobs_mod.CANCELLED,
+                {"code": "cancelled", "message": "The job was cancelled before it started.", "hint": ""},
+            )
         elif running is not None and running.job_id == record.job_id:
             if running.cancel is None:
                 running.cancel = CancelToken(self.config.cancel_grace_s)
@@ -459,23 +519,37 @@ class Server:
         if record.state != jobs_mod.DONE:
             err = record.error or {}
             detail = f": {err['message']}" if err.get("message") else ""
-            raise PortraitSplatError(f"Job {record.job_id} is {record.state}, so it has no result{detail}", code="no_result", hint=err.get("hint", "") if record.terminal else "Wait for job_done.")
+            raise PortraitSplatError(
+                f"Job {record.job_id} is {record.state}, so it has no result{detail}",
+                code="no_result",
+                hint=err.get("hint", "") if record.terminal else "Wait for job_done.",
+            )
         try:
             splats, ply = self.store.read_result(record.job_id)
         except (OSError, ValueError, KeyError) as exc:
-            raise PortraitSplatError(f"The result files of job {record.job_id} cannot be read: {exc}", code="result_missing", hint="Run the job again.") from exc
+            raise PortraitSplatError(
+                f"The result files of job {record.job_id} cannot be read: {exc}",
+                code="result_missing",
+                hint="Run the job again.",
+            ) from exc
         self._reply(env, Result(job_id=record.job_id, splats=splats, ply=ply, metrics=record.metrics))
 
     def _on_delete_job(self, env, msg: DeleteJob) -> None:
         record = self._record(msg.job_id)
         if not record.terminal:
-            raise PortraitSplatError(f"Job {record.job_id} is {record.state}; only a job that has ended can be deleted.",
-                                     code="job_active", hint="Cancel it first, then delete it.")
+            raise PortraitSplatError(
+                f"Job {record.job_id} is {record.state}; only a job that has ended can be deleted.",
+                code="job_active",
+                hint="Cancel it first, then delete it.",
+            )
         try:
             freed = self.store.delete(record.job_id)
         except OSError as exc:
-            raise PortraitSplatError(f"The folder of job {record.job_id} could not be removed: {exc}", code="delete_failed",
-                                     hint=f"Check the permissions of {self.store.jobs_dir}.") from exc
+            raise PortraitSplatError(
+                f"The folder of job {record.job_id} could not be removed: {exc}",
+                code="delete_failed",
+                hint=f"Check the permissions of {self.store.jobs_dir}.",
+            ) from exc
         for per_job in (self._submitters, self._pending_previews, self._pending_progress, self._last_preview_pub):
             per_job.pop(record.job_id, None)
         log.info("job %s: deleted (%.1f MB freed)", record.job_id, freed / 2**20)
@@ -490,7 +564,9 @@ class Server:
         try:
             return self.store.get(job_id)
         except JobNotFound:
-            raise PortraitSplatError(f"There is no job {str(job_id)[:64]!r}.", code="not_found", hint="List the jobs to see their ids.") from None
+            raise PortraitSplatError(
+                f"There is no job {str(job_id)[:64]!r}.", code="not_found", hint="List the jobs to see their ids."
+            ) from None
 
     # ------------------------------------------------------------------ worker
     def _drain_worker(self) -> None:
@@ -517,16 +593,29 @@ class Server:
                 self._pending_previews[job_id] = msg  # latest wins
             elif isinstance(msg, WorkerResult):
                 self.store.write_result(job_id, msg.splats)
-                self._end_job(record, jobs_mod.DONE, None, n_gaussians=len(msg.splats), metrics=msg.metrics, elapsed=msg.elapsed_s)
+                self._end_job(
+                    record, jobs_mod.DONE, None, n_gaussians=len(msg.splats), metrics=msg.metrics, elapsed=msg.elapsed_s
+                )
             elif isinstance(msg, JobFailed):
                 state = jobs_mod.CANCELLED if msg.code == "cancelled" else jobs_mod.FAILED
                 self._end_job(record, state, {"code": msg.code, "message": msg.message, "hint": msg.hint})
 
-    def _end_job(self, record: JobRecord, state: str, error: dict | None, *, n_gaussians: int | None = None, metrics: dict | None = None, elapsed: float = 0.0) -> None:
+    def _end_job(
+        self,
+        record: JobRecord,
+        state: str,
+        error: dict | None,
+        *,
+        n_gaussians: int | None = None,
+        metrics: dict | None = None,
+        elapsed: float = 0.0,
+    ) -> None:
         """Persist the final state, tell the submitter, free the worker."""
         self.store.finish(record, state, error=error, n_gaussians=n_gaussians, metrics=metrics)
         if state == jobs_mod.DONE:
-            final: Message = JobDone(job_id=record.job_id, n_gaussians=n_gaussians or 0, elapsed_s=elapsed, metrics=metrics or {})
+            final: Message = JobDone(
+                job_id=record.job_id, n_gaussians=n_gaussians or 0, elapsed_s=elapsed, metrics=metrics or {}
+            )
             log.info("job %s done: %d Gaussians in %.1f s", record.job_id, n_gaussians or 0, elapsed)
         else:
             final = JobFailed(job_id=record.job_id, **(error or {"code": state, "message": f"job {state}", "hint": ""}))
@@ -549,16 +638,32 @@ class Server:
             info = self.executor.info
             if info is not None and record.pipeline not in info.pipelines:
                 why = info.unavailable.get(record.pipeline, "no such pipeline")
-                self._end_job(record, jobs_mod.FAILED, {"code": "unknown_pipeline", "message": f"The pipeline {record.pipeline!r} is not available: {why}", "hint": f"Available: {', '.join(info.pipelines) or 'none'}."})
+                self._end_job(
+                    record,
+                    jobs_mod.FAILED,
+                    {
+                        "code": "unknown_pipeline",
+                        "message": f"The pipeline {record.pipeline!r} is not available: {why}",
+                        "hint": f"Available: {', '.join(info.pipelines) or 'none'}.",
+                    },
+                )
                 continue
             self.store.start(record)
             self._running = _Running(job_id=job_id)
-            self.executor.run(RunJob(
-                job_id=job_id, image_path=str(self.store.image_path(record)), pipeline=record.pipeline,
-                preset=record.preset, seed=record.seed, options=record.options, preview_hz=record.preview_hz,
-                preview_dtype=record.preview_dtype, max_image_pixels=self.config.max_image_pixels,
-                max_image_bytes=self.config.max_image_bytes,
-            ))  # fmt: skip
+            self.executor.run(
+                RunJob(
+                    job_id=job_id,
+                    image_path=str(self.store.image_path(record)),
+                    pipeline=record.pipeline,
+                    preset=record.preset,
+                    seed=record.seed,
+                    options=record.options,
+                    preview_hz=record.preview_hz,
+                    preview_dtype=record.preview_dtype,
+                    max_image_pixels=self.config.max_image_pixels,
+                    max_image_bytes=self.config.max_image_bytes,
+                )
+            )
             log.info("job %s running", job_id)
             return
 
@@ -567,9 +672,17 @@ class Server:
         now = time.monotonic()
         running = self._running
         if running is not None and running.cancel is not None and running.cancel.expired(now):
-            log.warning("job %s did not stop within %.1f s of its cancel: killing the worker", running.job_id, self.config.cancel_grace_s)
+            log.warning(
+                "job %s did not stop within %.1f s of its cancel: killing the worker",
+                running.job_id,
+                self.config.cancel_grace_s,
+            )
             self.executor.kill()
-            self._end_job(self.store.get(running.job_id), jobs_mod.CANCELLED, {"code": "cancelled", "message": "The job was cancelled (its worker was stopped).", "hint": ""})
+            self._end_job(
+                self.store.get(running.job_id),
+                jobs_mod.CANCELLED,
+                {"code": "cancelled", "message": "The job was cancelled (its worker was stopped).", "hint": ""},
+            )
         if self.executor.proc is not None and self.executor.proc.poll() is not None:
             self._drain_worker()  # what it said before it exited (an out-of-memory report, ...)
         code = self.executor.poll_exit()
@@ -581,7 +694,12 @@ class Server:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_s
             running = self._running
-            hb = Heartbeat(server_time=time.time(), queue_length=len(self.queue), running_job=running.job_id if running else None, worker_state=self.executor.state)
+            hb = Heartbeat(
+                server_time=time.time(),
+                queue_length=len(self.queue),
+                running_job=running.job_id if running else None,
+                worker_state=self.executor.state,
+            )
             self._publish_lossy(hb, HEARTBEAT_TOPIC)
         self._dispatch()
 
@@ -590,14 +708,20 @@ class Server:
         if running is not None:
             record = self.store.get(running.job_id)
             if running.cancel is not None:
-                self._end_job(record, jobs_mod.CANCELLED, {"code": "cancelled", "message": "The job was cancelled.", "hint": ""})
+                self._end_job(
+                    record, jobs_mod.CANCELLED, {"code": "cancelled", "message": "The job was cancelled.", "hint": ""}
+                )
             else:
                 self._end_job(record, jobs_mod.FAILED, crash_error(code))
             self._worker_failures = 0
         elif self.executor.info is None:  # died before it was ready
             self._worker_failures += 1
             if self._worker_failures >= MAX_WORKER_START_FAILURES:
-                self._fail_queue("worker_unavailable", "The generation worker cannot start.", "Check the backend log for the worker's error.")
+                self._fail_queue(
+                    "worker_unavailable",
+                    "The generation worker cannot start.",
+                    "Check the backend log for the worker's error.",
+                )
             self._worker_restart_at = time.monotonic() + min(30.0, 0.5 * 2**self._worker_failures)
 
     def _fail_queue(self, code: str, message: str, hint: str) -> None:

@@ -8,6 +8,7 @@ for ``generate --connect F``. This module runs on its own too::
     python -m backend.service_cli jobs --connection-file conn.json [--delete ID ...] [--older-than DAYS]
     python -m backend.service_cli generate me.jpg --connect conn.json --out out/ --preset preview
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,22 +40,38 @@ def add_parsers(subparsers) -> None:
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("serve", help="run the backend service (ZeroMQ) for Blender and the CLI")
-    p.add_argument("--connection-file", type=Path, default=None, help="where to write the connection file (default: STATE_DIR/connection.json)")
-    p.add_argument("--state-dir", type=Path, default=None, help=f"job folders live here (default: {default_state_dir()})")
+    p.add_argument(
+        "--connection-file",
+        type=Path,
+        default=None,
+        help="where to write the connection file (default: STATE_DIR/connection.json)",
+    )
+    p.add_argument(
+        "--state-dir", type=Path, default=None, help=f"job folders live here (default: {default_state_dir()})"
+    )
     p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--router-port", type=int, default=0, help="request port (default: a free one)")
     p.add_argument("--pub-port", type=int, default=0, help="event port (default: a free one)")
     p.add_argument("--no-key", action="store_true", help="do not sign messages (refused unless bound to loopback)")
-    p.add_argument("--reuse-connection-file", action="store_true",
-                   help="keep the key and ports of an existing connection file, so clients holding it reconnect after a restart")
+    p.add_argument(
+        "--reuse-connection-file",
+        action="store_true",
+        help="keep the key and ports of an existing connection file, so clients holding it reconnect after a restart",
+    )
     p.add_argument("--curve", action="store_true", help="encrypt traffic with ZeroMQ CURVE")
     p.add_argument("--pipelines", default=None, help="comma-separated pipelines to load (default: all available)")
     p.add_argument("--preview-hz", type=float, default=5.0, help="most previews per second per job (0: none)")
-    p.add_argument("--preview-dtype", choices=["float32", "float16"], default="float32", help="default preview precision")
+    p.add_argument(
+        "--preview-dtype", choices=["float32", "float16"], default="float32", help="default preview precision"
+    )
     p.add_argument("--max-frame-mb", type=float, default=64.0, help="largest message frame a client may send")
     p.add_argument("--max-image-mb", type=float, default=50.0, help="largest photo accepted")
-    p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="largest photo in pixels (decompression-bomb guard)")
-    p.add_argument("--cancel-grace", type=float, default=0.6, help="seconds a job may take to stop before its worker is killed")
+    p.add_argument(
+        "--max-image-pixels", type=int, default=40_000_000, help="largest photo in pixels (decompression-bomb guard)"
+    )
+    p.add_argument(
+        "--cancel-grace", type=float, default=0.6, help="seconds a job may take to stop before its worker is killed"
+    )
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=serve)
@@ -74,8 +91,13 @@ def add_jobs_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("jobs", help="list a backend's jobs; delete ended ones and their folders")
     p.add_argument("--connection-file", type=Path, required=True)
     p.add_argument("--delete", nargs="+", default=[], metavar="JOB_ID", help="delete these ended jobs")
-    p.add_argument("--older-than", type=float, default=None, metavar="DAYS",
-                   help="delete every ended job that finished more than DAYS days ago")
+    p.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="delete every ended job that finished more than DAYS days ago",
+    )
     p.add_argument("--json", action="store_true", help="print the job records as JSON")
     p.add_argument("--timeout", type=float, default=10.0)
     p.set_defaults(func=jobs)
@@ -93,7 +115,13 @@ def add_remote_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--style", default="")
     p.add_argument("--ply-frame", choices=["ply", "head"], default="ply")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="pipeline option (VALUE parsed as JSON if it can be)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline option (VALUE parsed as JSON if it can be)",
+    )
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=remote_generate)
@@ -105,7 +133,10 @@ def serve(args) -> int:
     from backend.errors import PortraitSplatError
     from backend.server import Server, ServerConfig
 
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), format="[server] %(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="[server] %(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     state_dir = args.state_dir or default_state_dir()
     key, router_port, pub_port = ("" if args.no_key else None), args.router_port, args.pub_port
     connection_file = args.connection_file or state_dir / "connection.json"
@@ -142,16 +173,21 @@ def serve(args) -> int:
         _print_error(exc.code, exc.message, exc.hint)
         return EXIT_USAGE
     except OSError as exc:  # zmq.ZMQError is an OSError: port in use, bad address
-        _print_error("bind_failed", f"cannot listen on {args.bind}: {exc}", "Choose other ports or another --bind address.")
+        _print_error(
+            "bind_failed", f"cannot listen on {args.bind}: {exc}", "Choose other ports or another --bind address."
+        )
         return EXIT_FAILED
 
-    def stop(signum, frame):  # noqa: ARG001
+    def stop(signum, frame):
         server.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"PortraitSplat backend {info.server_version} (protocol {info.protocol_version}) listening on "
-          f"{info.router_url} + {info.pub_url}; connection file: {config.connection_file}", flush=True)  # fmt: skip
+    print(
+        f"PortraitSplat backend {info.server_version} (protocol {info.protocol_version}) listening on "
+        f"{info.router_url} + {info.pub_url}; connection file: {config.connection_file}",
+        flush=True,
+    )
     server.serve_forever()
     return 0
 
@@ -200,7 +236,9 @@ def ping(args) -> int:
     vram = ""
     if welcome.vram_total:
         vram = f", VRAM {welcome.vram_free / 2**30:.1f} of {welcome.vram_total / 2**30:.1f} GiB free"
-    print(f"backend {welcome.server_version} (protocol {welcome.protocol_version}) pid {welcome.server_pid}: answered in {rtt * 1000:.2f} ms (handshake {hello_s * 1000:.0f} ms)")
+    print(
+        f"backend {welcome.server_version} (protocol {welcome.protocol_version}) pid {welcome.server_pid}: answered in {rtt * 1000:.2f} ms (handshake {hello_s * 1000:.0f} ms)"
+    )
     print(f"worker: {welcome.worker_state} (pid {welcome.worker_pid}), device {welcome.device}{vram}")
     print(f"pipelines: {', '.join(welcome.pipelines) or 'none yet'}")
     for name, why in welcome.unavailable.items():
@@ -228,8 +266,11 @@ def jobs(args) -> int:
         doomed = list(args.delete)
         if args.older_than is not None:
             cutoff = time.time() - args.older_than * 86400.0
-            doomed += [r["job_id"] for r in records
-                       if r.get("finished") and r["finished"] < cutoff and r["job_id"] not in doomed]
+            doomed += [
+                r["job_id"]
+                for r in records
+                if r.get("finished") and r["finished"] < cutoff and r["job_id"] not in doomed
+            ]
         failed, freed = 0, 0
         for job_id in doomed:
             try:
@@ -250,8 +291,10 @@ def _print_jobs(records: list[dict], *, as_json: bool) -> None:
     for r in records:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.get("created") or 0))
         n = r.get("n_gaussians")
-        print(f"{r.get('job_id', ''):26s} {r.get('state', ''):12s} {r.get('pipeline', ''):15s} {r.get('preset', ''):8s} "
-              f"{'' if n is None else f'{n:,}':>8s}  {created}  {r.get('image_name', '')}")
+        print(
+            f"{r.get('job_id', ''):26s} {r.get('state', ''):12s} {r.get('pipeline', ''):15s} {r.get('preset', ''):8s} "
+            f"{'' if n is None else f'{n:,}':>8s}  {created}  {r.get('image_name', '')}"
+        )
 
 
 # --------------------------------------------------------------------- generate
@@ -261,11 +304,10 @@ def remote_generate(args) -> int:
     save DIR/head.ply (and DIR/metrics.json). Ctrl-C cancels the job on the server."""
     from tqdm import tqdm
 
+    from backend.jobs import atomic_write_bytes, atomic_write_json
     from blender_addon.core.client import Client, ServiceError
     from blender_addon.core.protocol import JobFailed, Progress
     from blender_addon.core.splat_ply import to_ply_bytes
-
-    from backend.jobs import atomic_write_bytes, atomic_write_json
 
     quiet = getattr(args, "quiet", False)
     try:
@@ -285,7 +327,9 @@ def remote_generate(args) -> int:
         if bar is None:
             for other in bars.values():
                 other.close()
-            bar = bars[msg.stage] = tqdm(total=msg.total, desc=msg.stage, unit="step", dynamic_ncols=True, file=sys.stderr)
+            bar = bars[msg.stage] = tqdm(
+                total=msg.total, desc=msg.stage, unit="step", dynamic_ncols=True, file=sys.stderr
+            )
         bar.total = msg.total
         bar.n = msg.step
         if msg.message:
@@ -295,10 +339,15 @@ def remote_generate(args) -> int:
     with Client(args.connect, name="portraitsplat-cli") as client:
         client.connect(timeout=10.0)
         job_id = client.submit(
-            image, pipeline=args.pipeline, preset=args.preset, seed=args.seed,
-            style_prompt=getattr(args, "style", "") or "", options=options, image_name=Path(args.photo).name,
+            image,
+            pipeline=args.pipeline,
+            preset=args.preset,
+            seed=args.seed,
+            style_prompt=getattr(args, "style", "") or "",
+            options=options,
+            image_name=Path(args.photo).name,
             preview_hz=0.0,  # the CLI draws no previews: do not pay for them
-        )  # fmt: skip
+        )
         if not quiet:
             print(f"job {job_id} submitted", file=sys.stderr)
         try:

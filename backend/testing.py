@@ -39,6 +39,7 @@ Usage (pytest; see ``tests/test_models.py``)::
         sd = load_sd15(tiny_sd15)
         ...
 """
+
 from __future__ import annotations
 
 import json
@@ -87,7 +88,9 @@ def _write_json(path: Path, obj) -> None:
 
 def _byte_alphabet() -> list[str]:
     """The 256 printable stand-ins for bytes that CLIP's byte-level BPE uses (GPT-2's table)."""
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    )
     out, extra = [], 0
     for b in range(256):
         if b in printable:
@@ -100,8 +103,24 @@ def _byte_alphabet() -> list[str]:
 
 #: Merges of the tiny tokenizer: enough to make a few common prompt words single tokens.
 _TINY_MERGES = [
-    "t h", "th e</w>", "o f</w>", "i n</w>", "p h", "ph o", "pho t", "phot o</w>",
-    "s t", "st y", "sty l", "styl e</w>", "p o", "po r", "por t", "port r", "portr a", "portra i",
+    "t h",
+    "th e</w>",
+    "o f</w>",
+    "i n</w>",
+    "p h",
+    "ph o",
+    "pho t",
+    "phot o</w>",
+    "s t",
+    "st y",
+    "sty l",
+    "styl e</w>",
+    "p o",
+    "po r",
+    "por t",
+    "port r",
+    "portr a",
+    "portra i",
     "portrai t</w>",
 ]
 
@@ -128,11 +147,17 @@ def save_tiny_clip_tokenizer(folder: Path) -> Path:
     vocab["<|endoftext|>"] = len(vocab)
     _write_json(folder / "vocab.json", vocab)
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_TINY_MERGES) + "\n", encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-               "pad_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
     _write_json(folder / "special_tokens_map.json", special)
-    _write_json(folder / "tokenizer_config.json", {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
-                                                   "do_lower_case": True, **special})
+    _write_json(
+        folder / "tokenizer_config.json",
+        {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, **special},
+    )
     return folder
 
 
@@ -144,10 +169,18 @@ def _tiny_text_encoder(vocab_size: int, hidden: int, seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     _seeded(seed)
-    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=77,
-                         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-                         projection_dim=hidden)
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        projection_dim=hidden,
+    )
     return CLIPTextModel(cfg).eval()
 
 
@@ -157,9 +190,16 @@ def _tiny_vae(seed: int):
 
     _seeded(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
-        block_out_channels=(8, 8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64, scaling_factor=0.18215,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
+        scaling_factor=0.18215,
     ).eval()
 
 
@@ -172,11 +212,16 @@ def tiny_unet_kwargs() -> dict:
     mid (attn1, attn2): 8 processors, so IP-Adapter keys 0..7 with odd = cross-attention.
     """
     return dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), norm_num_groups=8,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TINY_CROSS_DIM, attention_head_dim=8,
+        cross_attention_dim=TINY_CROSS_DIM,
+        attention_head_dim=8,
     )
 
 
@@ -208,14 +253,24 @@ def save_tiny_sd15(folder: Path, *, seed: int = SEED, variant: str | None = "fp1
     unet.save_pretrained(folder / "unet", variant=variant)
     _tiny_vae(seed + 1).save_pretrained(folder / "vae", variant=variant)
     _tiny_text_encoder(tiny_vocab_size(tok_dir), TINY_CROSS_DIM, seed + 2).save_pretrained(
-        folder / "text_encoder", variant=variant)
-    PNDMScheduler(**SD15_SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
-                  prediction_type="epsilon").save_pretrained(folder / "scheduler")
-    _write_model_index(folder, {
-        "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
-        "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer"),
-        "scheduler": ("diffusers", "PNDMScheduler"), "safety_checker": (None, None),
-        "feature_extractor": (None, None)}, "StableDiffusionPipeline")
+        folder / "text_encoder", variant=variant
+    )
+    PNDMScheduler(
+        **SD15_SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, prediction_type="epsilon"
+    ).save_pretrained(folder / "scheduler")
+    _write_model_index(
+        folder,
+        {
+            "unet": ("diffusers", "UNet2DConditionModel"),
+            "vae": ("diffusers", "AutoencoderKL"),
+            "text_encoder": ("transformers", "CLIPTextModel"),
+            "tokenizer": ("transformers", "CLIPTokenizer"),
+            "scheduler": ("diffusers", "PNDMScheduler"),
+            "safety_checker": (None, None),
+            "feature_extractor": (None, None),
+        },
+        "StableDiffusionPipeline",
+    )
     return folder
 
 
@@ -237,8 +292,9 @@ def save_tiny_controlnet(folder: Path, *, seed: int = SEED + 10, subfolder: str 
     return Path(folder)
 
 
-def tiny_ip_adapter_state_dict(unet, *, seed: int = SEED + 20, rank: int = TINY_LORA_RANK,
-                               id_dim: int = ID_EMBED_DIM) -> dict[str, dict[str, torch.Tensor]]:
+def tiny_ip_adapter_state_dict(
+    unet, *, seed: int = SEED + 20, rank: int = TINY_LORA_RANK, id_dim: int = ID_EMBED_DIM
+) -> dict[str, dict[str, torch.Tensor]]:
     """An IP-Adapter-FaceID state dict with the real key layout, sized to ``unet``.
 
     ``{"image_proj": {proj.0.*, proj.2.*, norm.*}, "ip_adapter": {"{i}.to_{q,k,v,out}_lora.{down,up}.weight",
@@ -254,9 +310,12 @@ def tiny_ip_adapter_state_dict(unet, *, seed: int = SEED + 20, rank: int = TINY_
         return torch.randn(shape, generator=gen) * std
 
     image_proj = {
-        "proj.0.weight": rnd(2 * id_dim, id_dim, std=0.05), "proj.0.bias": rnd(2 * id_dim),
-        "proj.2.weight": rnd(4 * cross, 2 * id_dim, std=0.05), "proj.2.bias": rnd(4 * cross),
-        "norm.weight": 1.0 + rnd(cross), "norm.bias": rnd(cross),
+        "proj.0.weight": rnd(2 * id_dim, id_dim, std=0.05),
+        "proj.0.bias": rnd(2 * id_dim),
+        "proj.2.weight": rnd(4 * cross, 2 * id_dim, std=0.05),
+        "proj.2.bias": rnd(4 * cross),
+        "norm.weight": 1.0 + rnd(cross),
+        "norm.bias": rnd(cross),
     }
     ip: dict[str, torch.Tensor] = {}
     for i, name in enumerate(unet.attn_processors.keys()):
@@ -278,8 +337,9 @@ def tiny_ip_adapter_state_dict(unet, *, seed: int = SEED + 20, rank: int = TINY_
     return {"image_proj": image_proj, "ip_adapter": ip}
 
 
-def save_tiny_ip_adapter(folder: Path, unet=None, *, seed: int = SEED + 20,
-                         filename: str = "ip-adapter-faceid_sd15.bin") -> Path:
+def save_tiny_ip_adapter(
+    folder: Path, unet=None, *, seed: int = SEED + 20, filename: str = "ip-adapter-faceid_sd15.bin"
+) -> Path:
     """Write :func:`tiny_ip_adapter_state_dict` as ``folder/ip-adapter-faceid_sd15.bin``
     (``torch.save`` of the nested dict, like the real file); returns the file path.
     ``unet`` defaults to the tiny SD1.5 UNet's structure (:func:`tiny_unet_kwargs`)."""
@@ -303,8 +363,12 @@ def save_tiny_taesd(folder: Path, *, seed: int = SEED + 30) -> Path:
     from diffusers import AutoencoderTiny
 
     _seeded(seed)
-    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(folder)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    ).save_pretrained(folder)
     return Path(folder)
 
 
@@ -469,12 +533,20 @@ def save_tiny_mvdream(folder: Path, *, seed: int = SEED + 40) -> Path:
     tok = save_tiny_clip_tokenizer(folder / "tokenizer")
     _tiny_text_encoder(tiny_vocab_size(tok), TINY_CROSS_DIM, seed + 1).save_pretrained(folder / "text_encoder")
     _tiny_vae(seed + 2).save_pretrained(folder / "vae")
-    DDIMScheduler(**SD15_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                  prediction_type="epsilon").save_pretrained(folder / "scheduler")
-    _write_model_index(folder, {
-        "unet": ("mvdream", "MultiViewUNetModel"), "vae": ("diffusers", "AutoencoderKL"),
-        "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer"),
-        "scheduler": ("diffusers", "DDIMScheduler")}, "MVDreamPipeline")
+    DDIMScheduler(
+        **SD15_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon"
+    ).save_pretrained(folder / "scheduler")
+    _write_model_index(
+        folder,
+        {
+            "unet": ("mvdream", "MultiViewUNetModel"),
+            "vae": ("diffusers", "AutoencoderKL"),
+            "text_encoder": ("transformers", "CLIPTextModel"),
+            "tokenizer": ("transformers", "CLIPTokenizer"),
+            "scheduler": ("diffusers", "DDIMScheduler"),
+        },
+        "MVDreamPipeline",
+    )
     return folder
 
 
@@ -501,34 +573,65 @@ def save_tiny_sv3d(folder: Path, *, seed: int = SEED + 50, frames: int = 21) -> 
     folder = Path(folder)
     _seeded(seed)
     UNetSpatioTemporalConditionModel(
-        sample_size=8, in_channels=8, out_channels=4,
+        sample_size=8,
+        in_channels=8,
+        out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
         up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        block_out_channels=(32, 64), addition_time_embed_dim=SV3D_VECTOR_DIMS["sv3d_u"],
-        projection_class_embeddings_input_dim=SV3D_VECTOR_DIMS["sv3d_u"], layers_per_block=1,
-        cross_attention_dim=TINY_CROSS_DIM, num_attention_heads=(2, 4), num_frames=frames,
+        block_out_channels=(32, 64),
+        addition_time_embed_dim=SV3D_VECTOR_DIMS["sv3d_u"],
+        projection_class_embeddings_input_dim=SV3D_VECTOR_DIMS["sv3d_u"],
+        layers_per_block=1,
+        cross_attention_dim=TINY_CROSS_DIM,
+        num_attention_heads=(2, 4),
+        num_frames=frames,
     ).eval().save_pretrained(folder / "unet")
     _seeded(seed + 1)
     AutoencoderKLTemporalDecoder(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-        block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-        sample_size=64, scaling_factor=0.18215,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        sample_size=64,
+        scaling_factor=0.18215,
     ).eval().save_pretrained(folder / "vae")
     _seeded(seed + 2)
-    vis = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8, projection_dim=TINY_CROSS_DIM)
+    vis = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=TINY_CROSS_DIM,
+    )
     CLIPVisionModelWithProjection(vis).eval().save_pretrained(folder / "image_encoder")
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        folder / "feature_extractor")
-    EulerDiscreteScheduler(**SD15_SCHEDULE, prediction_type="v_prediction", use_karras_sigmas=True,
-                           sigma_min=0.002, sigma_max=700.0, timestep_type="continuous",
-                           interpolation_type="linear", steps_offset=1).save_pretrained(folder / "scheduler")
-    _write_model_index(folder, {
-        "unet": ("diffusers", "UNetSpatioTemporalConditionModel"),
-        "vae": ("diffusers", "AutoencoderKLTemporalDecoder"),
-        "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
-        "feature_extractor": ("transformers", "CLIPImageProcessor"),
-        "scheduler": ("diffusers", "EulerDiscreteScheduler")}, "StableVideoDiffusionPipeline")
+        folder / "feature_extractor"
+    )
+    EulerDiscreteScheduler(
+        **SD15_SCHEDULE,
+        prediction_type="v_prediction",
+        use_karras_sigmas=True,
+        sigma_min=0.002,
+        sigma_max=700.0,
+        timestep_type="continuous",
+        interpolation_type="linear",
+        steps_offset=1,
+    ).save_pretrained(folder / "scheduler")
+    _write_model_index(
+        folder,
+        {
+            "unet": ("diffusers", "UNetSpatioTemporalConditionModel"),
+            "vae": ("diffusers", "AutoencoderKLTemporalDecoder"),
+            "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
+            "feature_extractor": ("transformers", "CLIPImageProcessor"),
+            "scheduler": ("diffusers", "EulerDiscreteScheduler"),
+        },
+        "StableVideoDiffusionPipeline",
+    )
     return folder
 
 
@@ -604,16 +707,30 @@ class _TinyConvHead(torch.nn.Module):
         return torch.tanh(self.fc(f))
 
 
-def _export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
-                 output_names: list[str], dynamic_hw: bool = False) -> None:
+def _export_onnx(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str,
+    output_names: list[str],
+    dynamic_hw: bool = False,
+) -> None:
     axes = {input_name: {2: "height", 3: "width"}} if dynamic_hw else None
     import warnings
 
     module.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
-        torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=output_names,
-                          dynamic_axes=axes, opset_version=13, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_axes=axes,
+            opset_version=13,
+            dynamo=False,
+        )
 
 
 def save_tiny_insightface(root: Path, pack: str = "buffalo_l", *, seed: int = SEED + 60) -> Path:
@@ -629,13 +746,23 @@ def save_tiny_insightface(root: Path, pack: str = "buffalo_l", *, seed: int = SE
     folder = Path(root) / "models" / pack
     folder.mkdir(parents=True, exist_ok=True)
     _seeded(seed)
-    _export_onnx(_TinyDetector(), torch.zeros(1, 3, 640, 640), folder / "det_10g.onnx", "input.1",
-                 [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)])
+    _export_onnx(
+        _TinyDetector(),
+        torch.zeros(1, 3, 640, 640),
+        folder / "det_10g.onnx",
+        "input.1",
+        [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)],
+    )
     _export_onnx(_TinyConvHead(212), torch.zeros(1, 3, 192, 192), folder / "2d106det.onnx", "data", ["fc1"])
     _export_onnx(_TinyConvHead(3309), torch.zeros(1, 3, 192, 192), folder / "1k3d68.onnx", "data", ["fc1"])
     _export_onnx(_TinyConvHead(3), torch.zeros(1, 3, 96, 96), folder / "genderage.onnx", "data", ["fc1"])
-    _export_onnx(_TinyConvHead(ID_EMBED_DIM, width=16), torch.zeros(1, 3, 112, 112), folder / "w600k_r50.onnx",
-                 "input.1", ["embedding"])
+    _export_onnx(
+        _TinyConvHead(ID_EMBED_DIM, width=16),
+        torch.zeros(1, 3, 112, 112),
+        folder / "w600k_r50.onnx",
+        "input.1",
+        ["embedding"],
+    )
     return Path(root)
 
 

@@ -19,6 +19,7 @@ A later executor (Ray: one task per job, ``num_gpus=1``) keeps the same surface:
 Test-only pipelines: with ``PORTRAITSPLAT_TEST_PIPELINES=1`` in the environment the
 worker also offers ``synthetic`` (``backend.pipelines.synthetic``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -120,7 +122,9 @@ class WorkerResult(Message):
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-WORKER_TYPES = registry(RunJob, CancelJob, StopWorker, WorkerReady, WorkerExiting, WorkerResult, Progress, Preview, JobFailed)
+WORKER_TYPES = registry(
+    RunJob, CancelJob, StopWorker, WorkerReady, WorkerExiting, WorkerResult, Progress, Preview, JobFailed
+)
 
 
 # ==================================================================== server side
@@ -178,7 +182,15 @@ class WorkerExecutor:
         repo_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, **self.env, KEY_ENV: key}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
-        cmd = [self.python, "-m", "backend.worker", "--endpoint", f"tcp://127.0.0.1:{port}", "--parent-pid", str(os.getpid())]
+        cmd = [
+            self.python,
+            "-m",
+            "backend.worker",
+            "--endpoint",
+            f"tcp://127.0.0.1:{port}",
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         if self.pipelines is not None:
             cmd += ["--pipelines", ",".join(self.pipelines)]
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
@@ -236,7 +248,13 @@ class WorkerExecutor:
         code = self.proc.poll()
         if code is None:
             return None
-        log.log(logging.INFO if self.killed or code == 0 else logging.ERROR, "worker %d (pid %d) exited with %s", self.generation, self.proc.pid, _describe_exit(code))
+        log.log(
+            logging.INFO if self.killed or code == 0 else logging.ERROR,
+            "worker %d (pid %d) exited with %s",
+            self.generation,
+            self.proc.pid,
+            _describe_exit(code),
+        )
         self._cleanup()
         return code
 
@@ -309,7 +327,7 @@ class JobReporter:
     - progress is thinned to 20 Hz, except stage changes and the last step.
     """
 
-    def __init__(self, worker: "Worker", job: RunJob):
+    def __init__(self, worker: Worker, job: RunJob):
         self.worker = worker
         self.job = job
         self.t0 = time.monotonic()
@@ -341,10 +359,17 @@ class JobReporter:
         eta = None
         if 0 < step <= total:
             eta = (now - self._stage_t0) / step * (total - step)
-        self.worker.send(Progress(
-            job_id=self.job.job_id, stage=str(stage), step=int(step), total=int(total),
-            eta_s=eta, elapsed_s=now - self.t0, message=str(message),
-        ))  # fmt: skip
+        self.worker.send(
+            Progress(
+                job_id=self.job.job_id,
+                stage=str(stage),
+                step=int(step),
+                total=int(total),
+                eta_s=eta,
+                elapsed_s=now - self.t0,
+                message=str(message),
+            )
+        )
 
     def preview(self, splats: SplatArrays, step: int) -> None:
         self._check()
@@ -383,7 +408,7 @@ class Worker:
                 if flags & zmq.NOBLOCK:
                     raise
                 if not self.parent_alive():
-                    raise SystemExit("the server is gone")
+                    raise SystemExit("the server is gone") from None
 
     def poll_control(self) -> None:
         """Read cancel/stop requests without blocking (called from the reporter)."""
@@ -406,8 +431,14 @@ class Worker:
         elif isinstance(msg, StopWorker):
             self.stop_requested = self.cancel_requested = True
         elif isinstance(msg, RunJob):
-            log.error("got job %s while running %s; refusing it", msg.job_id, self.current.job_id if self.current else None)
-            self.send(JobFailed(job_id=msg.job_id, code="internal_error", message="The worker was busy.", hint="Submit again."))
+            log.error(
+                "got job %s while running %s; refusing it", msg.job_id, self.current.job_id if self.current else None
+            )
+            self.send(
+                JobFailed(
+                    job_id=msg.job_id, code="internal_error", message="The worker was busy.", hint="Submit again."
+                )
+            )
 
     def loop(self) -> int:
         while not self.stop_requested:
@@ -444,8 +475,9 @@ class Worker:
             if fn is None:
                 raise PortraitSplatError(
                     f"The pipeline {job.pipeline!r} is not available in this backend.",
-                    code="unknown_pipeline", hint=f"Available: {', '.join(sorted(self.pipelines)) or 'none'}.",
-                )  # fmt: skip
+                    code="unknown_pipeline",
+                    hint=f"Available: {', '.join(sorted(self.pipelines)) or 'none'}.",
+                )
             image = _load_image(job)
             result = fn(image, preset=job.preset, seed=job.seed, options=dict(job.options), reporter=reporter)
             if self.cancel_requested:
@@ -456,27 +488,47 @@ class Worker:
                 from backend.pipelines.outputs import write_turntable
 
                 write_turntable(Path(job.image_path).parent / "turntable", result.turntable)
-            self.send(WorkerResult(job_id=job.job_id, splats=splats, elapsed_s=time.monotonic() - reporter.t0, metrics=_json_metrics(result.metrics)))
+            self.send(
+                WorkerResult(
+                    job_id=job.job_id,
+                    splats=splats,
+                    elapsed_s=time.monotonic() - reporter.t0,
+                    metrics=_json_metrics(result.metrics),
+                )
+            )
         except CancelledError as exc:
-            self.send(JobFailed(job_id=job.job_id, code="cancelled", message=exc.message or "The job was cancelled.", hint=""))
+            self.send(
+                JobFailed(job_id=job.job_id, code="cancelled", message=exc.message or "The job was cancelled.", hint="")
+            )
         except PortraitSplatError as exc:
             self.send(JobFailed(job_id=job.job_id, code=exc.code, message=exc.message, hint=exc.hint))
         except SystemExit:
             raise
-        except BaseException as exc:  # noqa: BLE001 - every failure must reach the user as a typed job_failed
+        except BaseException as exc:
             if _is_out_of_memory(exc):
                 log.error("job %s ran out of memory: %s", job.job_id, exc)
                 self.send(WorkerExiting(reason="out of memory: a fresh process frees it all"))
-                self.send(JobFailed(job_id=job.job_id, code="out_of_memory", message=f"Out of memory: {_first_line(exc)}", hint=OOM_HINT))
+                self.send(
+                    JobFailed(
+                        job_id=job.job_id,
+                        code="out_of_memory",
+                        message=f"Out of memory: {_first_line(exc)}",
+                        hint=OOM_HINT,
+                    )
+                )
                 exit_code = EXIT_RESTART
             elif isinstance(exc, KeyboardInterrupt):
                 raise
             else:
                 log.exception("job %s failed", job.job_id)
-                self.send(JobFailed(
-                    job_id=job.job_id, code="internal_error", message=f"{type(exc).__name__}: {_first_line(exc)}",
-                    hint="This is a bug in the backend; its log has the traceback. Please report it.",
-                ))  # fmt: skip
+                self.send(
+                    JobFailed(
+                        job_id=job.job_id,
+                        code="internal_error",
+                        message=f"{type(exc).__name__}: {_first_line(exc)}",
+                        hint="This is a bug in the backend; its log has the traceback. Please report it.",
+                    )
+                )
         finally:
             self.current = None
             gc.collect()
@@ -538,7 +590,7 @@ def load_pipelines(names: list[str] | None) -> tuple[dict[str, Callable], dict[s
             from backend.pipelines import available
 
             found = available()
-        except Exception as exc:  # noqa: BLE001 - reported in welcome, not fatal
+        except Exception as exc:
             log.exception("could not load the pipelines")
             found = {}
             for name in regular or ["photo"]:
@@ -582,9 +634,14 @@ def models_info() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a broken model config shows in welcome, not as a crash
         return {"error": _first_line(exc)}
     return {
-        s.name: {"present": s.present, "size": s.size_on_disk if s.present else s.spec.size_bytes,
-                 "licence": s.spec.licence, "pipelines": list(s.spec.pipelines), "optional": s.spec.optional,
-                 "fix": s.fix}
+        s.name: {
+            "present": s.present,
+            "size": s.size_on_disk if s.present else s.spec.size_bytes,
+            "licence": s.spec.licence,
+            "pipelines": list(s.spec.pipelines),
+            "optional": s.spec.optional,
+            "fix": s.fix,
+        }
         for s in statuses
     }
 
@@ -603,7 +660,9 @@ def _set_parent_death_signal() -> None:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backend.worker", description="PortraitSplat worker (started by the server)")
+    parser = argparse.ArgumentParser(
+        prog="python -m backend.worker", description="PortraitSplat worker (started by the server)"
+    )
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--pipelines", default=None, help="comma-separated names (default: all available)")
@@ -628,7 +687,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     worker = Worker(sock, session, pipelines, args.parent_pid)
     dev = device_info()
     try:
-        worker.send(WorkerReady(pid=os.getpid(), pipelines=sorted(pipelines), unavailable=unavailable, models=models_info(), **dev))
+        worker.send(
+            WorkerReady(
+                pid=os.getpid(), pipelines=sorted(pipelines), unavailable=unavailable, models=models_info(), **dev
+            )
+        )
         return worker.loop()
     except SystemExit as exc:
         log.info("worker exiting: %s", exc)

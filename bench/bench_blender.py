@@ -15,6 +15,7 @@ Run it in the bpy venv (scripts/setup_blender_venv.sh). Scene: a head-sized elli
 
 Figures only; nothing here asserts a time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,10 @@ def bench_import(n: int, repeats: int) -> None:
         create.append(t1 - t0)
         evaluate.append(t2 - t1)
     mode = "points" if n > splats.POINT_MODE_THRESHOLD else "ellipsoids"
-    print(f"import   {n:>9,} splats: create {statistics.median(create) * 1e3:8.1f} ms, "
-          f"first evaluation ({mode}) {statistics.median(evaluate) * 1e3:8.1f} ms")  # fmt: skip
+    print(
+        f"import   {n:>9,} splats: create {statistics.median(create) * 1e3:8.1f} ms, "
+        f"first evaluation ({mode}) {statistics.median(evaluate) * 1e3:8.1f} ms"
+    )
 
 
 def bench_update(n: int, repeats: int) -> None:
@@ -91,8 +94,10 @@ def bench_update(n: int, repeats: int) -> None:
     resize = timed(lambda: splats.update_splat_object(obj, sizes[next(j) % 2]), repeats)
     depsgraph = bpy.context.evaluated_depsgraph_get()
     ev = timed(lambda: (splats.update_splat_object(obj, clouds[next(i) % 3]), depsgraph.update()), repeats) - same
-    print(f"update   {n:>9,} splats: same count {same * 1e3:8.1f} ms, new count {resize * 1e3:8.1f} ms, "
-          f"+ display re-evaluation {ev * 1e3:8.1f} ms")  # fmt: skip
+    print(
+        f"update   {n:>9,} splats: same count {same * 1e3:8.1f} ms, new count {resize * 1e3:8.1f} ms, "
+        f"+ display re-evaluation {ev * 1e3:8.1f} ms"
+    )
 
 
 def bench_render(n: int, sizes: list[int], samples: int, repeats: int) -> None:

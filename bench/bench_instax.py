@@ -19,6 +19,7 @@ compute does not depend on the weights. Without ``--full-size`` the tiny test mo
 ``--e2e`` runs ``instax.run`` on examples/astronaut.jpg with that generator (random frames:
 the template is fitted to the reference view only) and prints the stage timings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,14 +61,23 @@ def synthetic_frames(cfg, device):
     from backend.prior.template import build_head
 
     head = build_head()
-    v, f = (head.vertices, head.faces) if not cfg.target_faces else decimate(head.vertices, head.faces, cfg.target_faces)
+    v, f = (
+        (head.vertices, head.faces) if not cfg.target_faces else decimate(head.vertices, head.faces, cfg.target_faces)
+    )
     gt = bind(v, f, rng=0, opacity=0.9, device=device)
     with torch.no_grad():
         p = gt.means
         gt.params["sh0"][:, 0, 0] = torch.sin(40 * p[:, 2]) * 1.5
         gt.params["sh0"][:, 0, 1] = torch.cos(30 * p[:, 0]) * 1.5
-    cams = orbit_cameras(21, radius=0.65, elevation_deg=10, fov_deg=33.8, width=cfg.fit_res, height=cfg.fit_res,
-                         start_azimuth_deg=360 / 21).to(device)
+    cams = orbit_cameras(
+        21,
+        radius=0.65,
+        elevation_deg=10,
+        fov_deg=33.8,
+        width=cfg.fit_res,
+        height=cfg.fit_res,
+        start_azimuth_deg=360 / 21,
+    ).to(device)
     with torch.no_grad():
         rgb = torch.cat([render_model(gt, cams[i], background=torch.ones(3, device=device)).rgb for i in range(21)])
     return (rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8), cams.to("cpu"), head
@@ -87,10 +97,13 @@ def bench_reconstruction(name: str, args) -> None:
     _sync(args.device)
     wall = time.perf_counter() - t0
     per_step = wall / steps
-    print(f"reconstruct {name:>8s}: {int(metrics['n_triangles']):>6d} triangles, {len(model):>6d} splats at the end, "
-          f"{cfg.fit_res}px, {steps} steps in {wall:7.1f} s = {per_step * 1e3:8.1f} ms/step; "
-          f"full {cfg.steps} steps ~ {per_step * cfg.steps:7.1f} s; fit PSNR {metrics['fit_psnr_db']:.1f} dB; "
-          f"peak {_peak_gib(args.device)}", flush=True)
+    print(
+        f"reconstruct {name:>8s}: {int(metrics['n_triangles']):>6d} triangles, {len(model):>6d} splats at the end, "
+        f"{cfg.fit_res}px, {steps} steps in {wall:7.1f} s = {per_step * 1e3:8.1f} ms/step; "
+        f"full {cfg.steps} steps ~ {per_step * cfg.steps:7.1f} s; fit PSNR {metrics['fit_psnr_db']:.1f} dB; "
+        f"peak {_peak_gib(args.device)}",
+        flush=True,
+    )
 
 
 def full_size_sv3d(device, dtype):
@@ -100,20 +113,40 @@ def full_size_sv3d(device, dtype):
 
     with torch.device(device):
         unet = UNetSpatioTemporalConditionModel(
-            in_channels=8, out_channels=4, cross_attention_dim=1024, num_frames=21,
-            addition_time_embed_dim=256, projection_class_embeddings_input_dim=256,
+            in_channels=8,
+            out_channels=4,
+            cross_attention_dim=1024,
+            num_frames=21,
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=256,
         )
         vae = AutoencoderKLTemporalDecoder(  # SVD's VAE (the class defaults are a 1-block toy)
-            down_block_types=("DownEncoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2, latent_channels=4, sample_size=768, scaling_factor=0.18215)
-        enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-            image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu"))
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=768,
+            scaling_factor=0.18215,
+        )
+        enc = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=1280,
+                intermediate_size=5120,
+                num_hidden_layers=32,
+                num_attention_heads=16,
+                image_size=224,
+                patch_size=14,
+                projection_dim=1024,
+                hidden_act="gelu",
+            )
+        )
     for m in (unet, vae, enc):  # .to(device) too: a few parameters ignore the device context
         m.to(device=device, dtype=dtype).eval().requires_grad_(False)
     n = sum(p.numel() for p in unet.parameters()) / 1e9
     print(f"full-size SV3D blocks: UNet {n:.2f} B parameters, {dtype}", flush=True)
-    return SimpleNamespace(unet=unet, vae=vae, image_encoder=enc, feature_extractor=CLIPImageProcessor(), scheduler=None)
+    return SimpleNamespace(
+        unet=unet, vae=vae, image_encoder=enc, feature_extractor=CLIPImageProcessor(), scheduler=None
+    )
 
 
 def tiny_sv3d(device):
@@ -128,7 +161,7 @@ def bench_generation(parts, args, resolution: int, steps: int) -> None:
     from backend.guidance.sv3d import SV3DSettings, generate_orbit
 
     img = np.full((resolution, resolution, 3), 255, np.uint8)
-    img[resolution // 4: 3 * resolution // 4, resolution // 3: 2 * resolution // 3] = 120
+    img[resolution // 4 : 3 * resolution // 4, resolution // 3 : 2 * resolution // 3] = 120
     settings = SV3DSettings(resolution=resolution, steps=steps)
     generate_orbit(parts, img, replace(settings, steps=1))  # warm-up
     _sync(args.device)
@@ -137,8 +170,11 @@ def bench_generation(parts, args, resolution: int, steps: int) -> None:
     generate_orbit(parts, img, settings)
     _sync(args.device)
     wall = time.perf_counter() - t0
-    print(f"SV3D generate: 21 frames at {resolution}px, {steps} Euler steps (CFG batch 2) in {wall:.1f} s "
-          f"({wall / steps * 1e3:.0f} ms/step incl. decode share); peak {_peak_gib(args.device)}", flush=True)
+    print(
+        f"SV3D generate: 21 frames at {resolution}px, {steps} Euler steps (CFG batch 2) in {wall:.1f} s "
+        f"({wall / steps * 1e3:.0f} ms/step incl. decode share); peak {_peak_gib(args.device)}",
+        flush=True,
+    )
 
 
 def bench_e2e(parts, args, preset: str) -> None:
@@ -150,13 +186,19 @@ def bench_e2e(parts, args, preset: str) -> None:
     image = load_image(REPO / "examples" / "astronaut.jpg")
     _peak_reset(args.device)
     t0 = time.perf_counter()
-    result = instax.run(image, preset=preset, options={"sv3d_resolution": args.resolution, "sv3d_steps": args.sv3d_steps})
+    result = instax.run(
+        image, preset=preset, options={"sv3d_resolution": args.resolution, "sv3d_steps": args.sv3d_steps}
+    )
     _sync(args.device)
     wall = time.perf_counter() - t0
     m = result.metrics
     keys = ("load_s", "face_s", "generate_s", "template_s", "construct_s", "turntable_s")
-    print(f"end to end ({preset}): {wall:.1f} s; " + ", ".join(f"{k} {m.get(k, 0):.1f}" for k in keys)
-          + f"; {len(result.splats)} splats; peak {_peak_gib(args.device)}", flush=True)
+    print(
+        f"end to end ({preset}): {wall:.1f} s; "
+        + ", ".join(f"{k} {m.get(k, 0):.1f}" for k in keys)
+        + f"; {len(result.splats)} splats; peak {_peak_gib(args.device)}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -173,8 +215,11 @@ def main() -> None:
     ap.add_argument("--e2e-preset", default="default")
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
-          + (f" gpu={torch.cuda.get_device_name()}" if torch.device(args.device).type == "cuda" else ""), flush=True)
+    print(
+        f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
+        + (f" gpu={torch.cuda.get_device_name()}" if torch.device(args.device).type == "cuda" else ""),
+        flush=True,
+    )
     for name in filter(None, args.presets.split(",")):
         bench_reconstruction(name, args)
     if args.no_generate and not args.e2e:

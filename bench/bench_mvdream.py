@@ -11,6 +11,7 @@ one-layer stand-in (run once per prompt, not per step). Prints per dtype:
   Gaussians (``--gaussians`` splats on a head-sized shell);
 - peak GPU memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,19 +34,36 @@ def sd21_vae(device, dtype):
     from diffusers import AutoencoderKL
 
     blocks = (128, 256, 512, 512)
-    return AutoencoderKL(block_out_channels=blocks, down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                         sample_size=256, scaling_factor=0.18215).to(device, dtype).eval().requires_grad_(False)
+    return (
+        AutoencoderKL(
+            block_out_channels=blocks,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=256,
+            scaling_factor=0.18215,
+        )
+        .to(device, dtype)
+        .eval()
+        .requires_grad_(False)
+    )
 
 
 def head_shell(n: int, device) -> GaussianModel:
     rng = np.random.default_rng(0)
     d = rng.normal(size=(n, 3))
     d = d / np.linalg.norm(d, axis=1, keepdims=True) * np.array([0.08, 0.1, 0.115])
-    return GaussianModel.from_splats(SplatArrays(
-        means=d.astype(np.float32), quats=np.tile(np.float32([1, 0, 0, 0]), (n, 1)),
-        log_scales=np.full((n, 3), np.log(0.006), np.float32), opacity_logits=np.zeros(n, np.float32),
-        sh0=rng.normal(size=(n, 3)).astype(np.float32)), device=device)
+    return GaussianModel.from_splats(
+        SplatArrays(
+            means=d.astype(np.float32),
+            quats=np.tile(np.float32([1, 0, 0, 0]), (n, 1)),
+            log_scales=np.full((n, 3), np.log(0.006), np.float32),
+            opacity_logits=np.zeros(n, np.float32),
+            sh0=rng.normal(size=(n, 3)).astype(np.float32),
+        ),
+        device=device,
+    )
 
 
 def timed(fn, repeats: int, device) -> float:
@@ -98,9 +116,18 @@ def main() -> None:
         assert torch.isfinite(forward()).all()
         unet_ms = timed(forward, args.repeats, device)
         model = head_shell(args.gaussians, device)
-        term = MVDreamGuidance(unet, text_encoder, tokenizer, vae, _scheduler(), prompt="a marble bust",
-                               render_fn=lambda c: render_model(model, c, background=torch.ones(3, device=device)),
-                               settings=MVDreamSettings(), device=device, dtype=dtype)
+        term = MVDreamGuidance(
+            unet,
+            text_encoder,
+            tokenizer,
+            vae,
+            _scheduler(),
+            prompt="a marble bust",
+            render_fn=lambda c: render_model(model, c, background=torch.ones(3, device=device)),
+            settings=MVDreamSettings(),
+            device=device,
+            dtype=dtype,
+        )
         step = [0]
 
         def term_step():
@@ -113,17 +140,27 @@ def main() -> None:
         assert torch.isfinite(loss) and model.params["means"].grad.abs().max() > 0
         step_ms = timed(term_step, args.repeats, device)
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "-"
-        print(f"{name:9s} UNet {n_params / 1e6:.0f} M params: CFG forward 2x4 views @32x32 latents {unet_ms:7.1f} ms; "
-              f"term step (render 4x256px, {args.gaussians} splats, encode, UNet, backward) {step_ms:7.1f} ms; "
-              f"peak {peak}")
-        del unet, vae, term, model
+        print(
+            f"{name:9s} UNet {n_params / 1e6:.0f} M params: CFG forward 2x4 views @32x32 latents {unet_ms:7.1f} ms; "
+            f"term step (render 4x256px, {args.gaussians} splats, encode, UNet, backward) {step_ms:7.1f} ms; "
+            f"peak {peak}"
+        )
+        unet = vae = term = model = None  # free them before the next dtype
 
 
 def _scheduler():
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Scene: a head-sized ellipsoid shell (0.16 x 0.2 x 0.23 m) filling ~70% of the fr
 splat std-devs 4-10 mm, opacity ~0.5 (the photo pipeline's regime). Prints one line per
 configuration with the median of ``--repeats`` timed runs and the (pixel, splat) pair count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,15 @@ def scene(n: int, device: str, seed: int = 0):
 
 
 def run_once(s, cams, backend):
-    out = render(s["means"], s["quats"], s["log_scales"].exp(), s["logit_opacities"].sigmoid(), s["colors"], cams, backend=backend)
+    out = render(
+        s["means"],
+        s["quats"],
+        s["log_scales"].exp(),
+        s["logit_opacities"].sigmoid(),
+        s["colors"],
+        cams,
+        backend=backend,
+    )
     out.rgb.sum().backward()
     return out
 
@@ -63,7 +72,9 @@ def main() -> None:
             # an upper bound on the work: every splat's full (2r+1)^2 box, off-screen parts included
             pairs = int(((2 * r[:, 0] + 1) * (2 * r[:, 1] + 1)).sum())
             med = statistics.median(times)
-            print(f"N={n:>7d} {size:>4d}px  fwd+bwd {med * 1e3:9.1f} ms  ({1 / med:7.1f} it/s)  box pairs <= {pairs / 1e6:7.2f} M  coverage {out.alpha.mean():.2f}")
+            print(
+                f"N={n:>7d} {size:>4d}px  fwd+bwd {med * 1e3:9.1f} ms  ({1 / med:7.1f} it/s)  box pairs <= {pairs / 1e6:7.2f} M  coverage {out.alpha.mean():.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Prints three tables:
 3. request round trips through the server: ``ping``, ``list_jobs``, ``get_result`` of
    ``--n`` Gaussians.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,24 @@ def bench_protocol(n: int, seconds: float, dtype: str) -> tuple[float, float]:
 class Server:
     def __init__(self, root: Path):
         self.conn = root / "conn.json"
-        cmd = [sys.executable, "-m", "backend.service_cli", "serve", "--connection-file", str(self.conn), "--state-dir", str(root / "state"),
-               "--pipelines", "synthetic", "--preview-hz", "1000", "--max-frame-mb", "256", "--log-level", "WARNING"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "backend.service_cli",
+            "serve",
+            "--connection-file",
+            str(self.conn),
+            "--state-dir",
+            str(root / "state"),
+            "--pipelines",
+            "synthetic",
+            "--preview-hz",
+            "1000",
+            "--max-frame-mb",
+            "256",
+            "--log-level",
+            "WARNING",
+        ]
         env = {**os.environ, "PORTRAITSPLAT_TEST_PIPELINES": "1", "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -106,7 +123,13 @@ def photo() -> bytes:
 
 def bench_service(client: Client, n: int, seconds: float, dtype: str) -> tuple[float, float, int]:
     """(updates/s, MB/s, steps the worker made) as the client receives a job's previews."""
-    job = client.submit(photo(), "synthetic", options={"steps": 10**9, "step_seconds": 0.0, "n_gaussians": n}, preview_hz=1000, preview_dtype=dtype)
+    job = client.submit(
+        photo(),
+        "synthetic",
+        options={"steps": 10**9, "step_seconds": 0.0, "n_gaussians": n},
+        preview_hz=1000,
+        preview_dtype=dtype,
+    )
     count, nbytes, last_step = 0, 0, 0
     t0 = None
     while True:
@@ -143,7 +166,9 @@ def main() -> None:
     args = ap.parse_args()
     n = args.n
     mb32 = make_splats(n).nbytes() / 1e6
-    print(f"preview of {n} Gaussians (SH degree 0): {mb32:.1f} MB float32, {mb32 / 2:.1f} MB float16; {os.cpu_count()} CPUs\n")
+    print(
+        f"preview of {n} Gaussians (SH degree 0): {mb32:.1f} MB float32, {mb32 / 2:.1f} MB float16; {os.cpu_count()} CPUs\n"
+    )
 
     print("1. protocol only (PUB -> SUB on 127.0.0.1, HMAC-SHA256 signed, zero-copy)")
     for dtype in ("float32", "float16"):
@@ -165,12 +190,21 @@ def main() -> None:
                 print(f"   ping                {med:8.3f} {p99:8.3f} {worst:8.3f}")
                 med, p99, worst = latency(client.list_jobs, 200)
                 print(f"   list_jobs           {med:8.3f} {p99:8.3f} {worst:8.3f}")
-                job = client.submit(photo(), "synthetic", options={"steps": 1, "step_seconds": 0.0, "n_gaussians": n, "sh_degree": 3}, preview_hz=0)
+                job = client.submit(
+                    photo(),
+                    "synthetic",
+                    options={"steps": 1, "step_seconds": 0.0, "n_gaussians": n, "sh_degree": 3},
+                    preview_hz=0,
+                )
                 client.wait(job, timeout=120)
                 med, p99, worst = latency(lambda: client.get_result(job), 10)
                 size = (make_splats(n, 15).nbytes() * 2) / 1e6
-                print(f"   get_result {n // 1000}k SH3 {med:8.1f} {p99:8.1f} {worst:8.1f}   (~{size:.0f} MB: arrays + PLY)")
-                med, p99, worst = latency(lambda: client.submit(photo(), "synthetic", options={"steps": 0}, preview_hz=0), 50)
+                print(
+                    f"   get_result {n // 1000}k SH3 {med:8.1f} {p99:8.1f} {worst:8.1f}   (~{size:.0f} MB: arrays + PLY)"
+                )
+                med, p99, worst = latency(
+                    lambda: client.submit(photo(), "synthetic", options={"steps": 0}, preview_hz=0), 50
+                )
                 print(f"   submit_job          {med:8.3f} {p99:8.3f} {worst:8.3f}   (job folder written + fsync)")
         finally:
             server.stop()

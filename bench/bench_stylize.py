@@ -49,6 +49,7 @@ do); the per-iteration figure is measured after the warm-up steps and does not.
 ``--option KEY=VALUE`` (repeatable) applies a pipeline option to every preset, exactly as a
 job's options do (``stylize.settings``), e.g. ``--option encoder=vae --option mvdream=false``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,18 +95,33 @@ def _tokenizer(folder: Path):
 def _clip_text(vocab: int, hidden: int, layers: int, heads: int, act: str):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    cfg = CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
-                         bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    cfg = CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        hidden_act=act,
+        bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1,
+        pad_token_id=vocab - 1,
+    )
     return CLIPTextModel(cfg)
 
 
 def _sd_vae():
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                         sample_size=512, scaling_factor=0.18215)
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
 
 
 def _ddim():
@@ -113,8 +129,9 @@ def _ddim():
 
     from backend.testing import SD15_SCHEDULE
 
-    return DDIMScheduler(**SD15_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                         prediction_type="epsilon")
+    return DDIMScheduler(
+        **SD15_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon"
+    )
 
 
 def full_size_models(device: torch.device, dtype: torch.dtype, tmp: Path) -> stylize.StylizeModels:
@@ -140,9 +157,12 @@ def full_size_models(device: torch.device, dtype: torch.dtype, tmp: Path) -> sty
         net.to(device=device, dtype=dtype).eval().requires_grad_(False)
     sd = models.SD15(unet, vae, text, tok, _ddim(), Path("(random weights)"))
     parts = models.MVDreamParts(dict(FULL_SIZE_CONFIG), {}, mv_text, tok, mv_vae, _ddim(), Path("(random weights)"))
-    n = {name: sum(p.numel() for p in net.parameters()) / 1e6
-         for name, net in zip(("sd_unet+faceid", "controlnet", "vae", "taesd", "clip_l", "mvdream_unet", "sd21_text",
-                               "sd21_vae"), nets)}
+    n = {
+        name: sum(p.numel() for p in net.parameters()) / 1e6
+        for name, net in zip(
+            ("sd_unet+faceid", "controlnet", "vae", "taesd", "clip_l", "mvdream_unet", "sd21_text", "sd21_vae"), nets
+        )
+    }
     print("parameters (M): " + ", ".join(f"{k} {v:.0f}" for k, v in n.items()))
     return stylize.StylizeModels(sd, controlnet, taesd, mv_unet, parts, key=f"bench-random-{time.time_ns()}")
 
@@ -164,7 +184,9 @@ def tune(m: stylize.StylizeModels, args) -> list[str]:
     return done
 
 
-def tiny_models(cfg: stylize.StylizePreset, device: torch.device, dtype: torch.dtype, tmp: Path) -> stylize.StylizeModels:
+def tiny_models(
+    cfg: stylize.StylizePreset, device: torch.device, dtype: torch.dtype, tmp: Path
+) -> stylize.StylizeModels:
     """The tiny test models written as `models download` lays them out, loaded like the pipeline does."""
     from backend.testing import save_tiny_model_root
 
@@ -225,17 +247,21 @@ def count_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, 
     from backend.guidance.style_stats import StyleStats, text_only
 
     cfg = preset_settings(name, args)
-    style = StyleStats(torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64), cfg.style_images,
-                       PROMPT, "flops")
-    model = GaussianModel.from_splats(stylize.template_splats(face.fit, cfg, 0), cfg.lr_preset, total_steps=cfg.steps,
-                                      device=device)
+    style = StyleStats(
+        torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64), cfg.style_images, PROMPT, "flops"
+    )
+    model = GaussianModel.from_splats(
+        stylize.template_splats(face.fit, cfg, 0), cfg.lr_preset, total_steps=cfg.steps, device=device
+    )
     bg = torch.ones(3, device=device)
-    sas = stylize.sas_term(m, cfg, PROMPT, style, identity=face.identity, landmarks=face.landmarks, device=device,
-                           dtype=dtype, seed=0)
+    sas = stylize.sas_term(
+        m, cfg, PROMPT, style, identity=face.identity, landmarks=face.landmarks, device=device, dtype=dtype, seed=0
+    )
     terms = [("sas", lambda out, cams: stylize.SAS_WEIGHT * sas(out, cams, 0)["loss_sas"])]
     if cfg.mvdream:
-        mv = stylize.mvdream_term(m, cfg, PROMPT, lambda c: render_model(model, c, background=bg), device=device,
-                                  dtype=dtype, seed=0)
+        mv = stylize.mvdream_term(
+            m, cfg, PROMPT, lambda c: render_model(model, c, background=bg), device=device, dtype=dtype, seed=0
+        )
         terms.append(("mvdream", lambda out, cams: stylize.MVDREAM_WEIGHT * mv(out, cams, 0)["loss_mvdream"]))
     cams = stylize.view_sampler(cfg, 0).sample(0).to(device)
     per_term: dict[str, float] = {}
@@ -245,7 +271,9 @@ def count_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, 
             out = render_model(model, cams, background=bg)
             fn(out, cams).backward()
         per_term[term] = fc.get_total_flops() / 1e12
-        nets = "  ".join(f"{k} {v:.3f}" for k, v in sorted(_top_level(fc.get_flop_counts()).items(), key=lambda kv: -kv[1]))
+        nets = "  ".join(
+            f"{k} {v:.3f}" for k, v in sorted(_top_level(fc.get_flop_counts()).items(), key=lambda kv: -kv[1])
+        )
         print(f"[{name}] {term:8s} {per_term[term]:7.3f} TFLOP  ({nets})  [{time.perf_counter() - t:.0f} s here]")
     # the style set: images x steps CFG denoising steps of the plain SD1.5 UNet at the style resolution
     unet, r = m.sd.unet, cfg.style_resolution // 8
@@ -256,10 +284,12 @@ def count_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, 
     step_tf = fc.get_total_flops() / 1e12
     style_tf = step_tf * cfg.style_images * cfg.style_steps
     it = sum(per_term.values())
-    print(f"[{name}] per iteration {it:.3f} TFLOP (SAS {cfg.sas_resolution}px/{cfg.encoder}, MVDream "
-          f"{'%dpx' % cfg.mvdream_resolution if cfg.mvdream else 'off'});  style set {cfg.style_images} x "
-          f"{cfg.style_steps} x {step_tf:.3f} = {style_tf:.0f} TFLOP;  run {cfg.steps} steps: "
-          f"{it * cfg.steps + style_tf:,.0f} TFLOP")
+    print(
+        f"[{name}] per iteration {it:.3f} TFLOP (SAS {cfg.sas_resolution}px/{cfg.encoder}, MVDream "
+        f"{f'{cfg.mvdream_resolution}px' if cfg.mvdream else 'off'});  style set {cfg.style_images} x "
+        f"{cfg.style_steps} x {step_tf:.3f} = {style_tf:.0f} TFLOP;  run {cfg.steps} steps: "
+        f"{it * cfg.steps + style_tf:,.0f} TFLOP"
+    )
 
 
 def bench_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, device, dtype) -> None:
@@ -271,15 +301,18 @@ def bench_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, 
     _sync(device)
     style_s = time.perf_counter() - t
 
-    model = GaussianModel.from_splats(stylize.template_splats(face.fit, cfg, 0), cfg.lr_preset, total_steps=cfg.steps,
-                                      device=device)
+    model = GaussianModel.from_splats(
+        stylize.template_splats(face.fit, cfg, 0), cfg.lr_preset, total_steps=cfg.steps, device=device
+    )
     bg = torch.ones(3, device=device)
-    sas = stylize.sas_term(m, cfg, PROMPT, style, identity=face.identity, landmarks=face.landmarks, device=device,
-                           dtype=dtype, seed=0)
+    sas = stylize.sas_term(
+        m, cfg, PROMPT, style, identity=face.identity, landmarks=face.landmarks, device=device, dtype=dtype, seed=0
+    )
     mv = None
     if cfg.mvdream:
-        mv = stylize.mvdream_term(m, cfg, PROMPT, lambda c: render_model(model, c, background=bg), device=device,
-                                  dtype=dtype, seed=0)
+        mv = stylize.mvdream_term(
+            m, cfg, PROMPT, lambda c: render_model(model, c, background=bg), device=device, dtype=dtype, seed=0
+        )
     sampler = stylize.view_sampler(cfg, 0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -313,12 +346,16 @@ def bench_preset(name: str, m: stylize.StylizeModels, face: stylize.Face, args, 
     per_step = sum(med.values())
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "-"
     split = "  ".join(f"{k} {v * 1e3:7.1f} ms" for k, v in med.items())
-    print(f"[{name}] N={len(model)} SAS {cfg.sas_resolution}px/{cfg.encoder}, MVDream "
-          f"{'%dpx' % cfg.mvdream_resolution if cfg.mvdream else 'off'}: {per_step:.3f} s/it  ({split})")
-    print(f"[{name}] style set ({cfg.style_images} images x {cfg.style_steps} steps @ {cfg.style_resolution}px): "
-          f"{style_s:.1f} s;  projected {cfg.steps} steps + style set: {per_step * cfg.steps + style_s:.0f} s "
-          f"({(per_step * cfg.steps + style_s) / 60:.1f} min);  peak VRAM {peak};  last losses "
-          + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
+    print(
+        f"[{name}] N={len(model)} SAS {cfg.sas_resolution}px/{cfg.encoder}, MVDream "
+        f"{f'{cfg.mvdream_resolution}px' if cfg.mvdream else 'off'}: {per_step:.3f} s/it  ({split})"
+    )
+    print(
+        f"[{name}] style set ({cfg.style_images} images x {cfg.style_steps} steps @ {cfg.style_resolution}px): "
+        f"{style_s:.1f} s;  projected {cfg.steps} steps + style set: {per_step * cfg.steps + style_s:.0f} s "
+        f"({(per_step * cfg.steps + style_s) / 60:.1f} min);  peak VRAM {peak};  last losses "
+        + ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
+    )
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -345,28 +382,45 @@ def main() -> None:
     ap.add_argument("--measure-steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-mvdream", action="store_true", help="time without the MVDream term")
-    ap.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
-                    help="a pipeline option for every preset (repeatable), e.g. encoder=vae")
+    ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        type=_option,
+        metavar="KEY=VALUE",
+        help="a pipeline option for every preset (repeatable), e.g. encoder=vae",
+    )
     ap.add_argument("--count-flops", action="store_true", help="count TFLOP per iteration instead of timing")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="network dtype (default fp16 on CUDA, else fp32)")
+    ap.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="network dtype (default fp16 on CUDA, else fp32)"
+    )
     ap.add_argument("--channels-last", action="store_true", help="NHWC memory format for the convolutional networks")
-    ap.add_argument("--compile", choices=("default", "max-autotune", "reduce-overhead"), default=None,
-                    help="torch.compile the no-grad networks (reduce-overhead = CUDA graphs)")
+    ap.add_argument(
+        "--compile",
+        choices=("default", "max-autotune", "reduce-overhead"),
+        default=None,
+        help="torch.compile the no-grad networks (reduce-overhead = CUDA graphs)",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "-"
-    print(f"device={device} dtype={dtype} torch={torch.__version__} gpu={gpu} "
-          f"models={'full size, random weights' if args.full_size else 'tiny'}")
+    print(
+        f"device={device} dtype={dtype} torch={torch.__version__} gpu={gpu} "
+        f"models={'full size, random weights' if args.full_size else 'tiny'}"
+    )
     presets = (args.presets or ("paper,fast" if args.full_size else "test")).split(",")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ[models.ENV_ROOT] = str(tmp / "models")  # the style-set cache goes here, fresh
         t = time.perf_counter()
-        m = full_size_models(device, dtype, tmp) if args.full_size else tiny_models(stylize.PRESETS[presets[0]], device, dtype, tmp)
+        m = (
+            full_size_models(device, dtype, tmp)
+            if args.full_size
+            else tiny_models(stylize.PRESETS[presets[0]], device, dtype, tmp)
+        )
         _sync(device)
-        print(f"models built/loaded in {time.perf_counter() - t:.1f} s; "
-              f"knobs: {', '.join(tune(m, args)) or 'none'}")
+        print(f"models built/loaded in {time.perf_counter() - t:.1f} s; knobs: {', '.join(tune(m, args)) or 'none'}")
         face = face_of_demo_photo()
         for name in presets:
             (count_preset if args.count_flops else bench_preset)(name, m, face, args, device, dtype)

@@ -4,6 +4,7 @@ This package is a Blender extension (see ``blender_manifest.toml``). Importing i
 import ``bpy``: the bpy layer (props, prefs, ops, ui, sync, splats, turntable) loads inside
 :func:`register`, so ``blender_addon.core`` stays usable from the backend and from tests.
 """
+
 from __future__ import annotations
 
 _registered: list = []

@@ -57,8 +57,12 @@ class PORTRAITSPLAT_OT_generate(bpy.types.Operator):
     bl_idname = "portraitsplat.generate"
     bl_label = "Generate"
 
-    pipeline: StringProperty(name="Pipeline", description="Override the panel's pipeline (scripts)", options={"SKIP_SAVE"})
-    options: StringProperty(name="Options", description="Extra pipeline options as JSON (scripts)", options={"SKIP_SAVE"})
+    pipeline: StringProperty(
+        name="Pipeline", description="Override the panel's pipeline (scripts)", options={"SKIP_SAVE"}
+    )
+    options: StringProperty(
+        name="Options", description="Extra pipeline options as JSON (scripts)", options={"SKIP_SAVE"}
+    )
 
     @classmethod
     def poll(cls, context):
@@ -246,9 +250,16 @@ class PORTRAITSPLAT_OT_turntable(bpy.types.Operator):
     def execute(self, context):
         tt = context.scene.portraitsplat_turntable
         settings = turntable.TurntableSettings(
-            mode=tt.mode, frames=tt.frames, resolution=tt.resolution, engine=tt.engine, samples=tt.samples,
-            elevation=tt.elevation, output_dir=tt.output_dir, video=tt.video, transparent=tt.transparent,
-        )  # fmt: skip
+            mode=tt.mode,
+            frames=tt.frames,
+            resolution=tt.resolution,
+            engine=tt.engine,
+            samples=tt.samples,
+            elevation=tt.elevation,
+            output_dir=tt.output_dir,
+            video=tt.video,
+            transparent=tt.transparent,
+        )
         result = turntable.render_turntable(context.scene, context.active_object, settings)
         for msg in result.messages:
             self.report({"WARNING"}, msg)

@@ -26,6 +26,7 @@ Live previews reuse the same object and the same mesh datablock: ``write_splats`
 and re-adds geometry when the count changes. Linked duplicates (Alt+D) share the mesh, so
 they follow every update too.
 """
+
 from __future__ import annotations
 
 import bpy
@@ -128,7 +129,9 @@ def read_splats(mesh: bpy.types.Mesh) -> SplatArrays:
 
 
 def is_splat_object(obj) -> bool:
-    return obj is not None and obj.type == "MESH" and "f_dc" in obj.data.attributes and "rotation" in obj.data.attributes
+    return (
+        obj is not None and obj.type == "MESH" and "f_dc" in obj.data.attributes and "rotation" in obj.data.attributes
+    )
 
 
 # --------------------------------------------------------------------------- objects

@@ -10,6 +10,7 @@ same object.
 Everything here is plain functions over a module-level :class:`Connection`; the operators
 in ``ops.py`` are thin wrappers that forward errors to ``self.report``.
 """
+
 from __future__ import annotations
 
 import os
@@ -107,9 +108,14 @@ def connect(context, timeout: float = 15.0):
             )
     else:
         if not prefs.request_port or not prefs.pub_port:
-            raise UserError("Backend ports are not set", "Enter both ports from the backend's connection file in the preferences")
+            raise UserError(
+                "Backend ports are not set", "Enter both ports from the backend's connection file in the preferences"
+            )
         target = connection_mod.ConnectionInfo(
-            ip=prefs.host or "127.0.0.1", router_port=int(prefs.request_port), pub_port=int(prefs.pub_port), key=prefs.key
+            ip=prefs.host or "127.0.0.1",
+            router_port=int(prefs.request_port),
+            pub_port=int(prefs.pub_port),
+            key=prefs.key,
         )
     try:
         client = client_mod.Client(target, name=f"portraitsplat-blender/{bpy.app.version_string}")
@@ -338,12 +344,21 @@ def _check_alive(context) -> None:
         code, log_path = _conn.process.stop(), _conn.process.log_path
         _conn.process = None
         disconnect(context, stop_backend=False)
-        set_status(context, f"The backend exited (code {code})", error=True, hint=f"See its log at {log_path}, then press Connect")
+        set_status(
+            context,
+            f"The backend exited (code {code})",
+            error=True,
+            hint=f"See its log at {log_path}, then press Connect",
+        )
         return
     silent = _conn.client.seconds_since_heartbeat() if _conn.client is not None else None
     if silent is not None and silent > HEARTBEAT_TIMEOUT:
-        set_status(context, f"No heartbeat from the backend for {silent:.0f} s", error=True,
-                   hint="Is it still running? Disconnect and Connect again to restart it")  # fmt: skip
+        set_status(
+            context,
+            f"No heartbeat from the backend for {silent:.0f} s",
+            error=True,
+            hint="Is it still running? Disconnect and Connect again to restart it",
+        )
 
 
 def handle_message(context, msg) -> None:

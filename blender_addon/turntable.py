@@ -8,6 +8,7 @@ keyframe API, which changed between Blender 4.2 and 5.x.
     result = render_turntable(bpy.context.scene, obj, settings)
     result.frames  # ["/tmp/tt/turntable_0001.png", ...]; result.video: path or None
 """
+
 from __future__ import annotations
 
 import math
@@ -163,7 +164,9 @@ def render_turntable(
         scene.frame_set(frame_was)
     if s.video:
         if ffmpeg_available():
-            result.video = encode_video(result.frames, os.path.join(out_dir, f"{s.prefix.rstrip('_')}.mp4"), scene.render.fps)
+            result.video = encode_video(
+                result.frames, os.path.join(out_dir, f"{s.prefix.rstrip('_')}.mp4"), scene.render.fps
+            )
         else:
             result.messages.append("This Blender build has no FFmpeg: wrote PNG frames only")
     return result

@@ -1,4 +1,5 @@
 """The PortraitSplat tab in the 3D View sidebar (N panel)."""
+
 from __future__ import annotations
 
 import bpy
@@ -132,7 +133,17 @@ class PORTRAITSPLAT_PT_turntable(_Panel, bpy.types.Panel):
         tt = context.scene.portraitsplat_turntable
         layout = self.layout
         layout.use_property_split = True
-        for name in ("mode", "frames", "resolution", "engine", "samples", "elevation", "output_dir", "transparent", "video"):
+        for name in (
+            "mode",
+            "frames",
+            "resolution",
+            "engine",
+            "samples",
+            "elevation",
+            "output_dir",
+            "transparent",
+            "video",
+        ):
             layout.prop(tt, name)
         layout.operator("portraitsplat.turntable", icon="RENDER_ANIMATION")
 

@@ -1,4 +1,5 @@
 """Shared pytest fixtures. Keep each fixture small; put test-specific helpers in the test file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,7 +56,11 @@ def no_network(monkeypatch):
     real_getaddrinfo = socket.getaddrinfo
 
     def _guard(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple) and not _is_local(address[0]):
+        if (
+            sock.family in (socket.AF_INET, socket.AF_INET6)
+            and isinstance(address, tuple)
+            and not _is_local(address[0])
+        ):
             attempts.append(repr(address))
             raise RuntimeError(f"network access in a test: connect to {address!r} (tests must stay offline)")
 

@@ -1,4 +1,5 @@
 """Triangle-bound Gaussians (METHOD B.2, Eq. 6) and absolute-gradient densification (Eq. 7-8)."""
+
 import numpy as np
 import pytest
 import torch
@@ -61,7 +62,9 @@ def test_rotmat_to_quat_round_trip_all_branches():
     back = rotmat_to_quat(quat_to_rotmat(q).double())
     assert torch.allclose(back, q * torch.sign(q[:, :1] + 1e-30), atol=1e-6)
     a, b = q[:10], q[10:20]
-    assert torch.allclose(quat_to_rotmat(quat_multiply(a, b)).double(), quat_to_rotmat(a).double() @ quat_to_rotmat(b).double(), atol=1e-5)
+    assert torch.allclose(
+        quat_to_rotmat(quat_multiply(a, b)).double(), quat_to_rotmat(a).double() @ quat_to_rotmat(b).double(), atol=1e-5
+    )
 
 
 def test_bind_samples_per_triangle_on_the_surface(small_head):
@@ -74,7 +77,9 @@ def test_bind_samples_per_triangle_on_the_surface(small_head):
     tri = v.astype(np.float64)[f[model.tri_ids.numpy()]]
     p = model.means.detach().double().numpy()
     e1, e2, d = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], p - tri[:, 0]
-    gram = np.stack([np.stack([(e1 * e1).sum(1), (e1 * e2).sum(1)], 1), np.stack([(e1 * e2).sum(1), (e2 * e2).sum(1)], 1)], 1)
+    gram = np.stack(
+        [np.stack([(e1 * e1).sum(1), (e1 * e2).sum(1)], 1), np.stack([(e1 * e2).sum(1), (e2 * e2).sum(1)], 1)], 1
+    )
     uv = np.linalg.solve(gram, np.stack([(d * e1).sum(1), (d * e2).sum(1)], 1)[..., None])[..., 0]
     assert uv.min() > -1e-4 and uv.sum(1).max() < 1 + 1e-4
     n = np.cross(e1, e2)
@@ -107,7 +112,11 @@ def test_similarity_deformation_moves_every_gaussian_with_the_mesh(small_head):
     assert torch.allclose(mu1, k * mu0 @ Qt.T + tt, atol=2e-6)
     assert torch.allclose(R1, Qt @ R0, atol=1e-5)  # rotation follows the triangle frame
     assert torch.allclose(s1, k * s0, rtol=1e-5)  # scale follows s_tri
-    assert torch.allclose(model.params["tri_scale"].double(), k * triangle_frames(torch.tensor(v).double(), torch.tensor(f).long()).scales[model.tri_ids], rtol=1e-5)
+    assert torch.allclose(
+        model.params["tri_scale"].double(),
+        k * triangle_frames(torch.tensor(v).double(), torch.tensor(f).long()).scales[model.tri_ids],
+        rtol=1e-5,
+    )
 
 
 def test_one_triangle_moved_alone_carries_only_its_gaussians():
@@ -179,7 +188,14 @@ def _info_with_grads(n, grads):
     means2d = torch.zeros(1, n, 2, requires_grad=True)
     (means2d * grads[None]).sum().backward()
     means2d.absgrad = grads[None].abs()
-    return {"means2d": means2d, "radii": torch.ones(1, n, 2, dtype=torch.int32), "width": 2, "height": 2, "n_cameras": 1, "gaussian_ids": None}
+    return {
+        "means2d": means2d,
+        "radii": torch.ones(1, n, 2, dtype=torch.int32),
+        "width": 2,
+        "height": 2,
+        "n_cameras": 1,
+        "gaussian_ids": None,
+    }
 
 
 def test_bound_strategy_judges_clone_or_split_by_world_size():
@@ -228,10 +244,15 @@ def _symmetric_case(bound: bool):
             model.params["scales"].fill_(float(np.log(0.02 / float(model.params["tri_scale"][0]))))
             model.params["sh0"].fill_(1.0)
     else:
-        model = GaussianModel.from_splats(SplatArrays(
-            means=np.zeros((1, 3), np.float32), quats=np.float32([[1, 0, 0, 0]]),
-            log_scales=np.full((1, 3), np.log(0.02), np.float32), opacity_logits=np.float32([2.2]),
-            sh0=np.float32([[1.0, -1.0, -1.0]])))
+        model = GaussianModel.from_splats(
+            SplatArrays(
+                means=np.zeros((1, 3), np.float32),
+                quats=np.float32([[1, 0, 0, 0]]),
+                log_scales=np.full((1, 3), np.log(0.02), np.float32),
+                opacity_logits=np.float32([2.2]),
+                sh0=np.float32([[1.0, -1.0, -1.0]]),
+            )
+        )
     with torch.no_grad():
         target = render_model(model, cam, background=torch.ones(3)).rgb.clone()
         # the target: the same splat at half the size
@@ -265,4 +286,6 @@ def test_degenerate_triangle_gets_a_finite_frame():
     fr = triangle_frames(v, torch.tensor([[0, 1, 2], [3, 4, 5]]))  # the first is a line
     assert torch.isfinite(fr.rotations).all() and torch.isfinite(fr.scales).all()
     R = fr.rotations[0]
-    assert torch.allclose(R.T @ R, torch.eye(3, dtype=torch.float64), atol=1e-9) and float(fr.scales[0]) == pytest.approx(0.5)  # (base + 0) / 2
+    assert torch.allclose(R.T @ R, torch.eye(3, dtype=torch.float64), atol=1e-9) and float(
+        fr.scales[0]
+    ) == pytest.approx(0.5)  # (base + 0) / 2

@@ -1,4 +1,5 @@
 """build_addon.py: the extension zip bundles pyzmq for cp311 AND cp313 on every platform."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -66,10 +67,20 @@ def test_abi3_wheel_is_not_accepted_for_cp313():
         "pyzmq-27.3.0-cp312-abi3-win_amd64.whl",
         "pyzmq-27.3.0-cp312-abi3-macosx_10_15_universal2.whl",
     ]
-    manifest = {"schema_version": "1.0.0", "id": "x", "version": "1", "name": "x", "tagline": "x", "maintainer": "x",
-                "type": "add-on", "license": ["x"], "blender_version_min": "4.2.0",
-                "platforms": ["linux-x64", "windows-x64", "macos-arm64"], "wheels": [f"./wheels/{n}" for n in names],
-                "permissions": {"network": "n", "files": "f"}}  # fmt: skip
+    manifest = {
+        "schema_version": "1.0.0",
+        "id": "x",
+        "version": "1",
+        "name": "x",
+        "tagline": "x",
+        "maintainer": "x",
+        "type": "add-on",
+        "license": ["x"],
+        "blender_version_min": "4.2.0",
+        "platforms": ["linux-x64", "windows-x64", "macos-arm64"],
+        "wheels": [f"./wheels/{n}" for n in names],
+        "permissions": {"network": "n", "files": "f"},
+    }
     problems = build_addon.check_manifest(manifest, names)
     assert any("CPython 3.13 on linux-x64" in p for p in problems)
     assert any("abi3" in p for p in problems)

@@ -1,4 +1,5 @@
 """Cameras: OpenCV look-at in the head frame, orbits, random and multi-view samplers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,8 +66,16 @@ def test_azimuth_90_is_plus_x_counter_clockwise_from_above():
 @pytest.mark.parametrize("elevation", [-20.0, 0.0, 15.0, 60.0])
 def test_orbit_radius_elevation_and_even_spacing(elevation):
     target = (0.0, 0.01, 0.05)
-    cams = orbit_cameras(21, radius=0.8, elevation_deg=elevation, fov_deg=33.8, width=576,
-                         height=576, start_azimuth_deg=10.0, target=target)
+    cams = orbit_cameras(
+        21,
+        radius=0.8,
+        elevation_deg=elevation,
+        fov_deg=33.8,
+        width=576,
+        height=576,
+        start_azimuth_deg=10.0,
+        target=target,
+    )
     assert len(cams) == 21
     rel = cams.camera_centers().double() - torch.tensor(target, dtype=torch.float64)
     torch.testing.assert_close(rel.norm(dim=-1), torch.full((21,), 0.8, dtype=torch.float64), atol=1e-5, rtol=0)
@@ -135,5 +144,6 @@ def test_multiview_sampler_four_views_exactly_90_degrees_apart():
     # the geometry agrees with the azimuth labels: consecutive centres 90 deg apart about Z
     c = cams.camera_centers().double().reshape(3, 4, 3)
     ang = torch.rad2deg(torch.atan2(c[..., 0], -c[..., 1]))
-    torch.testing.assert_close(torch.remainder(torch.diff(ang, dim=1), 360.0),
-                               torch.full((3, 3), 90.0, dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        torch.remainder(torch.diff(ang, dim=1), 360.0), torch.full((3, 3), 90.0, dtype=torch.float64), atol=1e-3, rtol=0
+    )

@@ -1,4 +1,5 @@
 """``blender_addon.core`` is shared with the backend: it must never pull in bpy or torch."""
+
 from __future__ import annotations
 
 import subprocess
@@ -33,7 +34,9 @@ def test_backend_launcher_reports_missing_python(tmp_path):
 
     from blender_addon.core.backend_launcher import BackendCommand, BackendLaunchError, launch_backend
 
-    cmd = BackendCommand(python=str(tmp_path / "nope" / "python"), connection_file=tmp_path / "c.json", state_dir=tmp_path)
+    cmd = BackendCommand(
+        python=str(tmp_path / "nope" / "python"), connection_file=tmp_path / "c.json", state_dir=tmp_path
+    )
     with pytest.raises(BackendLaunchError) as err:
         launch_backend(cmd)
     assert "does not exist" in err.value.message and "Backend Python" in err.value.hint
@@ -49,8 +52,13 @@ def test_backend_launcher_reports_early_exit(tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text("import sys\nprint('boom: no such thing', file=sys.stderr)\nsys.exit(3)\n")
-    cmd = BackendCommand(python=sys.executable, connection_file=tmp_path / "c.json", state_dir=tmp_path / "s",
-                         extra_args=[], workdir=tmp_path)  # fmt: skip
+    cmd = BackendCommand(
+        python=sys.executable,
+        connection_file=tmp_path / "c.json",
+        state_dir=tmp_path / "s",
+        extra_args=[],
+        workdir=tmp_path,
+    )
     cmd_argv = cmd.argv()
     assert cmd_argv[1:4] == ["-m", "backend", "serve"]
     with pytest.raises(BackendLaunchError) as err:
@@ -76,8 +84,10 @@ def test_backend_launcher_waits_for_connection_file(tmp_path):
     )
     conn = tmp_path / "state" / "connection.json"
     conn.parent.mkdir()
-    conn.write_text("{\"stale\": true}")  # a previous run's file must not be mistaken for this one's
-    proc = launch_backend(BackendCommand(python=sys.executable, connection_file=conn, state_dir=tmp_path / "state", workdir=tmp_path))
+    conn.write_text('{"stale": true}')  # a previous run's file must not be mistaken for this one's
+    proc = launch_backend(
+        BackendCommand(python=sys.executable, connection_file=conn, state_dir=tmp_path / "state", workdir=tmp_path)
+    )
     try:
         assert proc.connection_info["router_port"] == 1 and proc.alive()
     finally:

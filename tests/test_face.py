@@ -3,6 +3,7 @@
 MediaPipe runs on the CPU in a few milliseconds per 512 px image once warm; the first call
 in the process pays ~0.5 s for the import.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -16,7 +17,14 @@ import pytest
 
 from backend.errors import FaceTooSmallError, MultipleFacesError, NoFaceError
 from backend.face import (
-    FACE_OVAL, LANDMARKS, LEFT_IRIS, RIGHT_IRIS, analyse_face, crop_face, head_pose, head_rotation,
+    FACE_OVAL,
+    LANDMARKS,
+    LEFT_IRIS,
+    RIGHT_IRIS,
+    analyse_face,
+    crop_face,
+    head_pose,
+    head_rotation,
     square_crop,
 )
 from backend.face.detect import box_iou
@@ -52,9 +60,11 @@ def test_models_ship_in_the_wheel():
     import mediapipe
 
     root = Path(mediapipe.__file__).parent / "modules"
-    for rel in ("face_detection/face_detection_short_range.tflite",
-                "face_detection/face_detection_full_range_sparse.tflite",
-                "face_landmark/face_landmark_with_attention.tflite"):
+    for rel in (
+        "face_detection/face_detection_short_range.tflite",
+        "face_detection/face_detection_full_range_sparse.tflite",
+        "face_landmark/face_landmark_with_attention.tflite",
+    ):
         assert (root / rel).stat().st_size > 100_000, rel
 
 
@@ -164,8 +174,8 @@ def test_head_pose_signs_mean_what_the_docs_say(astro):
     def moved(ypr, idx):
         return (frontal @ yaw_pitch_roll_to_rotation(*ypr).T)[idx] - frontal[idx]
 
-    assert moved((20, 0, 0), nose)[0] > 3    # turned to their left: nose moves to image right
-    assert moved((0, 20, 0), nose)[1] < -3   # looking up: nose moves up the image
+    assert moved((20, 0, 0), nose)[0] > 3  # turned to their left: nose moves to image right
+    assert moved((0, 20, 0), nose)[1] < -3  # looking up: nose moves up the image
     assert moved((0, 0, 20), left_eye)[1] > 3  # leaning to their left shoulder: left eye drops
 
 

@@ -1,11 +1,12 @@
 """Synthetic ground truth: fit a known Gaussian head from 21 orbit renders, check held-out views."""
+
 import numpy as np
 import torch
 
 from backend.gaussians.cameras import orbit_cameras
 from backend.gaussians.loop import LoopConfig, optimise, render_model
 from backend.gaussians.losses import photometric, psnr
-from backend.gaussians.model import GaussianModel, LR_PRESETS
+from backend.gaussians.model import LR_PRESETS, GaussianModel
 from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
 
@@ -47,7 +48,9 @@ def test_fit_known_head_from_21_orbit_views_reaches_30db_on_held_out_views():
     # start from a different sampling of the surface, grey, semi-transparent, wrong size
     init_means, _ = _ellipsoid_head(3000, np.random.default_rng(1))
     init_means += np.random.default_rng(2).normal(scale=0.004, size=init_means.shape).astype(np.float32)
-    model = GaussianModel.from_splats(_splats(init_means, np.full_like(gt_rgb, 0.5), 0.006, 0.3), LR_PRESETS["photo"], total_steps=600)
+    model = GaussianModel.from_splats(
+        _splats(init_means, np.full_like(gt_rgb, 0.5), 0.006, 0.3), LR_PRESETS["photo"], total_steps=600
+    )
 
     with torch.no_grad():
         before = psnr(render_model(model, held, background=bg).rgb, held_imgs)

@@ -6,6 +6,7 @@ our tiny random ONNX pack. The tiny detector is constant (it reports one fixed b
 the image, see backend.testing._TinyDetector), so these tests check plumbing and shapes,
 not detection quality.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,13 @@ def test_pack_files_are_routed_like_the_real_ones(pack_root):
     from insightface.model_zoo import model_zoo
 
     folder = pack_root / "models" / "buffalo_l"
-    expect = {"det_10g.onnx": "detection", "w600k_r50.onnx": "recognition", "2d106det.onnx": "landmark_2d_106",
-              "1k3d68.onnx": "landmark_3d_68", "genderage.onnx": "genderage"}
+    expect = {
+        "det_10g.onnx": "detection",
+        "w600k_r50.onnx": "recognition",
+        "2d106det.onnx": "landmark_2d_106",
+        "1k3d68.onnx": "landmark_3d_68",
+        "genderage.onnx": "genderage",
+    }
     for fname, task in expect.items():
         model = model_zoo.get_model(str(folder / fname), providers=["CPUExecutionProvider"])
         assert model.taskname == task, fname

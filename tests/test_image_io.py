@@ -1,4 +1,5 @@
 """load_image: modes, orientation, limits and every way a file can be bad."""
+
 from __future__ import annotations
 
 import io
@@ -22,9 +23,11 @@ def _save(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG whose IHDR declares width x height 1-bit grey pixels, with no real data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data))
         return struct.pack(">I", len(data)) + kind + data + crc
+
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
@@ -75,9 +78,9 @@ def test_grey_L():
 def test_grey_alpha_LA_composited_on_white():
     la = np.zeros((64, 96, 2), np.uint8)
     la[..., 0] = 100
-    la[:, :32, 1] = 0      # transparent -> white
+    la[:, :32, 1] = 0  # transparent -> white
     la[:, 32:64, 1] = 255  # opaque -> 100
-    la[:, 64:, 1] = 128    # half -> 100 * 128/255 + 255 * 127/255
+    la[:, 64:, 1] = 128  # half -> 100 * 128/255 + 255 * 127/255
     out = load_image(_save(Image.fromarray(la, mode="LA")))
     assert np.all(out[:, :32] == 255)
     assert np.all(out[:, 32:64] == 100)

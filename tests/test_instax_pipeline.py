@@ -1,5 +1,6 @@
 """The instax pipeline end to end with a tiny SV3D-shaped model (backend.testing): directly,
 and through the real server (its worker subprocess loads the model via the registry)."""
+
 from __future__ import annotations
 
 import numpy as np

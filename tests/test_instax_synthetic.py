@@ -1,5 +1,6 @@
 """Instax3D construction on synthetic ground truth (METHOD B.2): a known template-bound head,
 rendered from SV3D's 21-view orbit, is reconstructed by the pipeline's own code."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +13,7 @@ from backend.gaussians.loop import render_model
 from backend.gaussians.losses import psnr
 from backend.guidance.sv3d import orbit_azimuths
 from backend.pipelines.instax import PRESETS, fit_template, orbit_world_cameras, reconstruct
-from backend.prior.fit import MEDIAPIPE_INDEX, look_at_head, pose_from_euler
+from backend.prior.fit import MEDIAPIPE_INDEX, pose_from_euler
 from backend.prior.template import build_head
 from blender_addon.core.splat_arrays import rgb_to_sh0
 
@@ -38,15 +39,23 @@ def test_reconstruct_known_bound_head_from_21_orbit_views_reaches_30db_held_out(
         gt.params["scales"] += 0.2 * torch.randn(len(gt), 3, generator=g)
     size = 40
     # SV3D's orbit: 21 frames at elevation 10, the last one the front view
-    train = orbit_cameras(21, radius=0.65, elevation_deg=10, fov_deg=30, width=size, height=size, start_azimuth_deg=360 / 21)
+    train = orbit_cameras(
+        21, radius=0.65, elevation_deg=10, fov_deg=30, width=size, height=size, start_azimuth_deg=360 / 21
+    )
     held = orbit_cameras(7, radius=0.65, elevation_deg=15, fov_deg=30, width=size, height=size, start_azimuth_deg=25)
     bg = torch.ones(3)
     with torch.no_grad():
         frames = (render_model(gt, train, background=bg).rgb.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
         held_imgs = render_model(gt, held, background=bg).rgb
 
-    cfg = replace(PRESETS["fast"], target_faces=None, steps=300, fit_res=size, preview_every=0,
-                  strategy_overrides={"refine_every": 100, "refine_start_iter": 100, "refine_stop_iter": 250})
+    cfg = replace(
+        PRESETS["fast"],
+        target_faces=None,
+        steps=300,
+        fit_res=size,
+        preview_every=0,
+        strategy_overrides={"refine_every": 100, "refine_start_iter": 100, "refine_stop_iter": 250},
+    )
     model, metrics = reconstruct(frames, train, v, f, cfg, seed=1)  # a different sampling of the triangles
     with torch.no_grad():
         after = psnr(render_model(model, held, background=bg).rgb, held_imgs)

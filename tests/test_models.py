@@ -1,4 +1,5 @@
 """backend.models: registry, paths and overrides, check/download errors, loaders on tiny models."""
+
 from __future__ import annotations
 
 import errno
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from backend import models
-from backend.models import fetch as downloads
 from backend.errors import ModelMissingError
+from backend.models import fetch as downloads
 
 
 @pytest.fixture(autouse=True)
@@ -282,8 +283,8 @@ def test_ip_adapter_identity_changes_the_unet_output(tiny_models_root):
     assert (a - b).abs().max() > 1e-3 and (a - zero).abs().max() > 1e-3
     models.set_ip_adapter_scale(sd.unet, 0.0)
     a0, b0 = run(ident), run(other)
-    torch.testing.assert_close(a0, b0)          # the embedding acts only through the IP branch
-    assert (a0 - before).abs().max() > 1e-4     # ... and the LoRA is live on its own
+    torch.testing.assert_close(a0, b0)  # the embedding acts only through the IP branch
+    assert (a0 - before).abs().max() > 1e-4  # ... and the LoRA is live on its own
 
 
 def test_controlnet_residuals_change_the_output(sd15, tiny_models_root):
@@ -295,15 +296,23 @@ def test_controlnet_residuals_change_the_output(sd15, tiny_models_root):
     cond[:, 1, 20:40, 20:40] = 0.8  # a green patch, as the landmark drawing has
     with torch.no_grad():
         emb = _text(sd15, ["a portrait photo"])
-        down, mid = net(lat, 300, encoder_hidden_states=emb, controlnet_cond=cond, conditioning_scale=1.0,
-                        return_dict=False)
+        down, mid = net(
+            lat, 300, encoder_hidden_states=emb, controlnet_cond=cond, conditioning_scale=1.0, return_dict=False
+        )
         plain = sd15.unet(lat, 300, encoder_hidden_states=emb).sample
-        ctrl = sd15.unet(lat, 300, encoder_hidden_states=emb, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid).sample
-        down0, mid0 = net(lat, 300, encoder_hidden_states=emb, controlnet_cond=cond, conditioning_scale=0.0,
-                          return_dict=False)
-        off = sd15.unet(lat, 300, encoder_hidden_states=emb, down_block_additional_residuals=down0,
-                        mid_block_additional_residual=mid0).sample
+        ctrl = sd15.unet(
+            lat, 300, encoder_hidden_states=emb, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        ).sample
+        down0, mid0 = net(
+            lat, 300, encoder_hidden_states=emb, controlnet_cond=cond, conditioning_scale=0.0, return_dict=False
+        )
+        off = sd15.unet(
+            lat,
+            300,
+            encoder_hidden_states=emb,
+            down_block_additional_residuals=down0,
+            mid_block_additional_residual=mid0,
+        ).sample
     assert len(down) == 4 and mid.shape == (1, 32, 4, 4)
     assert (ctrl - plain).abs().max() > 1e-3
     torch.testing.assert_close(off, plain)
@@ -351,9 +360,12 @@ def test_loaders_load_in_the_requested_dtype(tiny_models_root):
     proj = sd.unet.encoder_hid_proj.image_projection_layers[0]
     assert {p.dtype for p in proj.parameters()} == {torch.bfloat16}
     with torch.no_grad():
-        out = sd.unet(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), 10,
-                      encoder_hidden_states=torch.randn(1, 77, 32, dtype=torch.bfloat16),
-                      added_cond_kwargs={"image_embeds": [torch.randn(1, 1, 512, dtype=torch.bfloat16)]}).sample
+        out = sd.unet(
+            torch.randn(1, 4, 8, 8, dtype=torch.bfloat16),
+            10,
+            encoder_hidden_states=torch.randn(1, 77, 32, dtype=torch.bfloat16),
+            added_cond_kwargs={"image_embeds": [torch.randn(1, 1, 512, dtype=torch.bfloat16)]},
+        ).sample
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 

@@ -1,6 +1,7 @@
 """MVDream (METHOD A.5): our multi-view UNet loads the LDM-keyed weights, mixes views only in
 self-attention, listens to the camera; the SDS term renders 4 views 90 deg apart and its
 gradient reaches the Gaussians. Tiny random models (backend.testing), CPU."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -116,10 +117,13 @@ def test_camera_matrices_match_mvdream_get_camera_by_hand():
     a = 0:  position (0, -1, 0); right +x; up +z; backward -y (looks toward +y)
     a = 90: position (1, 0, 0);  right +y; up +z; backward +x
     """
-    expected = torch.tensor([
-        [[1, 0, 0, 0], [0, 0, -1, -1], [0, 1, 0, 0], [0, 0, 0, 1]],
-        [[0, 0, 1, 1], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]],
-    ], dtype=torch.float32).reshape(2, 16)
+    expected = torch.tensor(
+        [
+            [[1, 0, 0, 0], [0, 0, -1, -1], [0, 1, 0, 0], [0, 0, 0, 1]],
+            [[0, 0, 1, 1], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]],
+        ],
+        dtype=torch.float32,
+    ).reshape(2, 16)
     target = (0.1, -0.2, 0.05)
     # any distance and any target: MVDream normalises the position about the look-at point
     cams = spherical_cameras([0.0, 90.0], 0.0, [0.7, 3.0], 40.0, 16, 16, target=target)
@@ -132,21 +136,33 @@ def test_camera_matrices_match_mvdream_get_camera_by_hand():
 
 def _gaussians(n: int = 150, seed: int = 0) -> GaussianModel:
     rng = np.random.default_rng(seed)
-    return GaussianModel.from_splats(SplatArrays(
-        means=(rng.normal(size=(n, 3)) * 0.06).astype(np.float32),
-        quats=np.tile(np.float32([1, 0, 0, 0]), (n, 1)),
-        log_scales=np.full((n, 3), np.log(0.02), np.float32),
-        opacity_logits=np.full(n, 0.5, np.float32),
-        sh0=rng.normal(size=(n, 3)).astype(np.float32)))
+    return GaussianModel.from_splats(
+        SplatArrays(
+            means=(rng.normal(size=(n, 3)) * 0.06).astype(np.float32),
+            quats=np.tile(np.float32([1, 0, 0, 0]), (n, 1)),
+            log_scales=np.full((n, 3), np.log(0.02), np.float32),
+            opacity_logits=np.full(n, 0.5, np.float32),
+            sh0=rng.normal(size=(n, 3)).astype(np.float32),
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def term_and_model(parts, unet):
     model = _gaussians()
     settings = MVDreamSettings(resolution=32)
-    term = MVDreamGuidance(unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.scheduler,
-                           prompt="a marble bust", settings=settings, seed=3, radius=0.2,
-                           render_fn=lambda cams: render_model(model, cams, background=torch.ones(3)))
+    term = MVDreamGuidance(
+        unet,
+        parts.text_encoder,
+        parts.tokenizer,
+        parts.vae,
+        parts.scheduler,
+        prompt="a marble bust",
+        settings=settings,
+        seed=3,
+        radius=0.2,
+        render_fn=lambda cams: render_model(model, cams, background=torch.ones(3)),
+    )
     return term, model
 
 
@@ -191,15 +207,17 @@ def test_cameras_are_90_degrees_apart_from_a_seeded_random_start(term_and_model)
     # the recorded azimuths are the real camera positions (head frame: az 0 at -Y, 90 at +X)
     c = cams.camera_centers().double()
     measured = torch.rad2deg(torch.atan2(c[:, 0], -c[:, 1]))
-    torch.testing.assert_close(torch.remainder(measured - az + 180, 360) - 180, torch.zeros(4, dtype=torch.float64),
-                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        torch.remainder(measured - az + 180, 360) - 180, torch.zeros(4, dtype=torch.float64), atol=1e-3, rtol=0
+    )
     starts = {round(float(term.cameras(s).azimuth_deg[0]), 3) for s in range(4)}
     assert len(starts) == 4  # each step its own start
     torch.testing.assert_close(term.cameras(2).viewmats, term.cameras(2).viewmats)  # seeded by step
     s = term.settings
     expected_distance = s.camera_distance * 0.2 / np.tan(np.radians(s.fov_deg) / 2)
-    torch.testing.assert_close(c.norm(dim=-1), torch.full((4,), expected_distance, dtype=torch.float64),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        c.norm(dim=-1), torch.full((4,), expected_distance, dtype=torch.float64), atol=1e-5, rtol=0
+    )
 
 
 # --- CUDA, half precision --------------------------------------------------------------------------
@@ -215,9 +233,18 @@ def test_term_on_cuda_in_half_precision(tmp_path, dtype):
     unet = build_multiview_unet(parts, device="cuda", dtype=dtype)
     assert next(unet.parameters()).dtype == dtype
     model = GaussianModel.from_splats(_gaussians().to_splats(), device="cuda")
-    term = MVDreamGuidance(unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.scheduler,
-                           prompt="a marble bust", settings=MVDreamSettings(resolution=64), device="cuda", dtype=dtype,
-                           render_fn=lambda cams: render_model(model, cams, background=torch.ones(3, device="cuda")))
+    term = MVDreamGuidance(
+        unet,
+        parts.text_encoder,
+        parts.tokenizer,
+        parts.vae,
+        parts.scheduler,
+        prompt="a marble bust",
+        settings=MVDreamSettings(resolution=64),
+        device="cuda",
+        dtype=dtype,
+        render_fn=lambda cams: render_model(model, cams, background=torch.ones(3, device="cuda")),
+    )
     loss = term(None, None, step=0)["loss_mvdream"]
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and loss > 0
     loss.backward()

@@ -1,13 +1,13 @@
 """The weight-free photo pipeline end to end on the astronaut photo, plus bad inputs."""
+
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
 
-from backend.errors import InputImageError, NoFaceError
+from backend.errors import NoFaceError
 from backend.image_io import load_image
 from backend.pipelines import photo
 from blender_addon.core.splat_ply import read_ply
@@ -103,7 +103,20 @@ def test_no_face_is_a_typed_error():
 
 def test_cli_writes_ply_and_turntable_and_reports_bad_input(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "backend", "generate", str(PHOTO), "--pipeline", "photo", "--preset", "preview", "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "backend",
+        "generate",
+        str(PHOTO),
+        "--pipeline",
+        "photo",
+        "--preset",
+        "preview",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     s = read_ply(out / "head.ply")

@@ -1,4 +1,5 @@
 """INRIA PLY: exact round trips, header order, frame conversion, other tools' files, bad files."""
+
 import numpy as np
 import pytest
 from plyfile import PlyData, PlyElement
@@ -44,7 +45,13 @@ def test_f_rest_is_channel_major():
 def test_default_ply_frame_is_rdf_and_round_trips():
     # a point on the face side (-Y in the head frame) and one on top (+Z)
     means = np.float32([[0.0, -0.1, 0.0], [0.0, 0.0, 0.1]])
-    s = SplatArrays(means, np.float32([[1, 0, 0, 0]] * 2), np.zeros((2, 3), np.float32), np.zeros(2, np.float32), np.zeros((2, 3), np.float32))
+    s = SplatArrays(
+        means,
+        np.float32([[1, 0, 0, 0]] * 2),
+        np.zeros((2, 3), np.float32),
+        np.zeros(2, np.float32),
+        np.zeros((2, 3), np.float32),
+    )
     v = PlyData.read(__import__("io").BytesIO(to_ply_bytes(s)))["vertex"]
     xyz = np.stack([v["x"], v["y"], v["z"]], 1)
     np.testing.assert_allclose(xyz[0], [0, 0, -0.1], atol=1e-7)  # face looks toward -z
@@ -58,7 +65,23 @@ def test_default_ply_frame_is_rdf_and_round_trips():
 def test_reads_another_tools_file_without_normals_or_f_rest(tmp_path):
     n = 10
     r = np.random.default_rng(3)
-    names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3", "extra"]
+    names = [
+        "x",
+        "y",
+        "z",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+        "extra",
+    ]
     v = np.empty(n, dtype=[(k, "f4") for k in names])
     for k in names:
         v[k] = r.normal(size=n)

@@ -1,4 +1,5 @@
 """backend/prior: the head template, its fit to landmarks, surface sampling, colours, FLAME."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,6 +33,7 @@ def head() -> HeadMesh:
 
 # ------------------------------------------------------------------ helpers
 
+
 def _point_mesh_distance(points: np.ndarray, mesh: HeadMesh, candidates: int = 12) -> np.ndarray:
     """Exact distance [N] from points to the mesh, checking the nearest `candidates` triangles."""
     v = mesh.vertices.astype(np.float64)
@@ -55,8 +57,7 @@ def _point_mesh_distance(points: np.ndarray, mesh: HeadMesh, candidates: int = 1
     return best.min(axis=1)
 
 
-def _synthetic_landmarks(mesh, r_head, distance, size=(768, 1024), fov=30.0, noise=0.0, seed=0,
-                         offset=(0.02, -0.015)):
+def _synthetic_landmarks(mesh, r_head, distance, size=(768, 1024), fov=30.0, noise=0.0, seed=0, offset=(0.02, -0.015)):
     fx, fy, cx, cy = intrinsics_from_fov(*size, fov)
     w2c = look_at_head(r_head, distance, offset)
     names = list(MEDIAPIPE_INDEX)
@@ -67,6 +68,7 @@ def _synthetic_landmarks(mesh, r_head, distance, size=(768, 1024), fov=30.0, noi
 
 
 # ----------------------------------------------------------------- template
+
 
 def test_template_has_adult_head_dimensions(head):
     lo, hi = head.bounds()
@@ -117,7 +119,9 @@ def test_anchors_lie_on_the_surface_and_make_sense(head):
             assert np.sign(a[f"{side}_{part}"][0]) == sign, f"{side}_{part}"
         assert np.sign(a[f"mouth_{side}"][0]) == sign
     assert abs(a["right_eye_outer"][0]) > abs(a["right_eye_inner"][0])
-    assert a["chin"][2] < a["mouth_left"][2] < a["nose_tip"][2] < a["left_eye_inner"][2] < a["forehead"][2] < a["crown"][2]
+    assert (
+        a["chin"][2] < a["mouth_left"][2] < a["nose_tip"][2] < a["left_eye_inner"][2] < a["forehead"][2] < a["crown"][2]
+    )
 
 
 def test_face_mask_covers_the_face_only(head):
@@ -139,7 +143,10 @@ def test_scaled_params_scale_the_mesh_exactly(head):
 def test_shape_params_move_the_features():
     narrow = build_head(HeadShapeParams(eye_spacing=0.055, nose_depth=0.028))
     base = build_head()
-    d_eyes = lambda m: m.anchors["left_eye_inner"][0] - m.anchors["right_eye_inner"][0]
+
+    def d_eyes(m):
+        return m.anchors["left_eye_inner"][0] - m.anchors["right_eye_inner"][0]
+
     assert d_eyes(narrow) < d_eyes(base) - 0.006
     assert narrow.anchors["nose_tip"][1] < base.anchors["nose_tip"][1] - 0.006
     with pytest.raises(ValueError, match="positive"):
@@ -147,6 +154,7 @@ def test_shape_params_move_the_features():
 
 
 # ----------------------------------------------------------------- sampling
+
 
 def test_samples_lie_on_the_surface_with_outward_normals(head):
     pts, nrm, fid = sample_surface(head, 10_000, np.random.default_rng(3))
@@ -217,6 +225,7 @@ def test_init_gaussians_match_method_a1(head):
 
 # ------------------------------------------------------------------ fitting
 
+
 def test_pose_conventions():
     np.testing.assert_allclose(euler_from_pose(pose_from_euler(20.0, -10.0, 5.0)), (20.0, -10.0, 5.0), atol=1e-9)
     head = build_head()
@@ -228,11 +237,17 @@ def test_pose_conventions():
     assert uv_l[0, 0] > cx  # the subject's left eye is on the image's right
     uv_c, _ = project_points(head.anchors["chin"][None], front, fx, fy, cx, cy)
     assert uv_c[0, 1] > cy  # chin below the centre (image y down)
-    uv_yaw, _ = project_points(head.anchors["nose_tip"][None], look_at_head(pose_from_euler(20, 0, 0), 0.6), fx, fy, cx, cy)
+    uv_yaw, _ = project_points(
+        head.anchors["nose_tip"][None], look_at_head(pose_from_euler(20, 0, 0), 0.6), fx, fy, cx, cy
+    )
     assert uv_yaw[0, 0] > cx + 10  # yaw > 0: the face turns toward the image's right
-    uv_pitch, _ = project_points(head.anchors["nose_tip"][None], look_at_head(pose_from_euler(0, 15, 0), 0.6), fx, fy, cx, cy)
+    uv_pitch, _ = project_points(
+        head.anchors["nose_tip"][None], look_at_head(pose_from_euler(0, 15, 0), 0.6), fx, fy, cx, cy
+    )
     assert uv_pitch[0, 1] < uv0[0, 1] - 10  # pitch > 0: looking up, the nose rises in the image
-    uv_roll, _ = project_points(head.anchors["crown"][None], look_at_head(pose_from_euler(0, 0, 15), 0.6), fx, fy, cx, cy)
+    uv_roll, _ = project_points(
+        head.anchors["crown"][None], look_at_head(pose_from_euler(0, 0, 15), 0.6), fx, fy, cx, cy
+    )
     assert uv_roll[0, 0] > cx + 10  # roll > 0: leaning to their left shoulder, the crown goes right
 
 
@@ -299,13 +314,14 @@ def test_fit_rejects_bad_landmarks():
 
 # ------------------------------------------------------------------ colours
 
+
 def test_project_colors_left_red_right_blue_back_hidden(head):
     w, h = 512, 640
     lm, _ = _synthetic_landmarks(head, np.eye(3), 0.6, size=(w, h), offset=(0.0, 0.0))
     fit = fit_head(lm, (w, h))
     image = np.zeros((h, w, 3), np.uint8)
     image[:, : w // 2] = (255, 0, 0)
-    image[:, w // 2:] = (0, 0, 255)
+    image[:, w // 2 :] = (0, 0, 255)
     pts, nrm, _ = sample_surface(head, 10_000, 5)
     rgb, visible = project_colors(pts, nrm, image, fit)
     uv, _ = fit.project(pts)
@@ -340,6 +356,7 @@ def test_project_colors_respects_occlusion(head):
 
 
 # -------------------------------------------------------------------- FLAME
+
 
 def test_flame_npz_is_read_into_the_head_frame(tmp_path, head):
     from backend.prior.flame import FLAME_TO_HEAD, load_flame

@@ -4,6 +4,7 @@ Every message type round-trips; 100k Gaussians survive real loopback sockets bit
 every way a message can be wrong raises ProtocolError with its own code, and random
 corruption never raises anything else.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,12 @@ import zmq
 
 from blender_addon.core import protocol as P
 from blender_addon.core.client import Client
-from blender_addon.core.connection import ConnectionFileError, ConnectionInfo, read_connection_file, write_connection_file
+from blender_addon.core.connection import (
+    ConnectionFileError,
+    ConnectionInfo,
+    read_connection_file,
+    write_connection_file,
+)
 from blender_addon.core.splat_arrays import SplatArrays
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,17 +60,37 @@ def example(cls: type[P.Message]) -> P.Message:
     return {
         P.Hello: P.Hello(client="test/1.0"),
         P.Welcome: P.Welcome(
-            server_version="0.1.0", protocol_version="1.0", pipelines=["photo", "synthetic"], unavailable={"sas": "no weights"},
-            models={"sd15": {"present": False}}, device="cuda:0 (H100)", vram_free=10, vram_total=80, worker_state="ready",
-            worker_error="", capabilities={"curve": False, "max_frame_bytes": 123}, server_pid=42, worker_pid=43,
+            server_version="0.1.0",
+            protocol_version="1.0",
+            pipelines=["photo", "synthetic"],
+            unavailable={"sas": "no weights"},
+            models={"sd15": {"present": False}},
+            device="cuda:0 (H100)",
+            vram_free=10,
+            vram_total=80,
+            worker_state="ready",
+            worker_error="",
+            capabilities={"curve": False, "max_frame_bytes": 123},
+            server_pid=42,
+            worker_pid=43,
         ),
         P.Ping: P.Ping(),
         P.Pong: P.Pong(server_time=1234.5),
-        P.SubmitJob: P.SubmitJob(image=b"\xff\xd8\xff" + bytes(range(256)), pipeline="photo", preset="preview", seed=7,
-                                 style_prompt="oil painting", options={"steps": 3, "nested": {"a": [1, 2.5, None]}},
-                                 image_name="me.jpg", preview_hz=2.5, preview_dtype="float16"),
+        P.SubmitJob: P.SubmitJob(
+            image=b"\xff\xd8\xff" + bytes(range(256)),
+            pipeline="photo",
+            preset="preview",
+            seed=7,
+            style_prompt="oil painting",
+            options={"steps": 3, "nested": {"a": [1, 2.5, None]}},
+            image_name="me.jpg",
+            preview_hz=2.5,
+            preview_dtype="float16",
+        ),
         P.JobAccepted: P.JobAccepted(job_id="j1", position=3),
-        P.Progress: P.Progress(job_id="j1", stage="fit", step=5, total=10, eta_s=1.5, elapsed_s=3.25, message="loss 0.1"),
+        P.Progress: P.Progress(
+            job_id="j1", stage="fit", step=5, total=10, eta_s=1.5, elapsed_s=3.25, message="loss 0.1"
+        ),
         P.Preview: P.Preview(job_id="j1", step=5, splats=splats),
         P.JobDone: P.JobDone(job_id="j1", n_gaussians=7, elapsed_s=2.0, metrics={"psnr": 30.5}),
         P.JobFailed: P.JobFailed(job_id="j1", code="no_face", message="No face found.", hint="Use a frontal photo."),
@@ -258,7 +284,9 @@ def test_oversize_frames_and_messages():
     small = P.Limits(max_frame_bytes=1000, max_total_bytes=1500, max_json_bytes=600)
     session = P.Session(KEY, limits=small)
     assert code_of(frames_of(P.SubmitJob(image=b"x" * 1001)), session) == "oversize"
-    assert code_of(frames_of(P.Result(job_id="j", splats=make_splats(10, sh_k=0), ply=b"y" * 900)), session) == "oversize"
+    assert (
+        code_of(frames_of(P.Result(job_id="j", splats=make_splats(10, sh_k=0), ply=b"y" * 900)), session) == "oversize"
+    )
     assert code_of(frames_of(P.SubmitJob(image=b"x", options={"pad": "z" * 700})), session) == "oversize"
     too_many = P.Session(KEY, limits=P.Limits(max_buffers=3))
     assert code_of(frames_of(example(P.Preview)), too_many) == "oversize"
@@ -267,7 +295,12 @@ def test_oversize_frames_and_messages():
 def test_bad_json():
     frames = frames_of(P.Ping())
     d = frames.index(P.DELIM)
-    for index, payload in [(HEADER, b"{not json"), (PARENT, b"[1, 2]"), (CONTENT, b"\xff\xfe"), (CONTENT, b'{"x": NaN}')]:
+    for index, payload in [
+        (HEADER, b"{not json"),
+        (PARENT, b"[1, 2]"),
+        (CONTENT, b"\xff\xfe"),
+        (CONTENT, b'{"x": NaN}'),
+    ]:
         bad = list(frames)
         bad[d + index] = payload
         assert code_of(resign(bad)) == "bad_json", payload
@@ -387,11 +420,15 @@ def test_poll_keeps_only_the_newest_preview_per_job_and_one_terminal_event():
     with Client(info) as client:  # never connected: only its filtering is exercised
         s = make_splats(2, sh_k=0)
         msgs = [
-            P.Preview(job_id="a", step=1, splats=s), P.Progress(job_id="a", stage="fit", step=1, total=3),
-            P.Preview(job_id="b", step=1, splats=s), P.Preview(job_id="a", step=2, splats=s),
-            P.Heartbeat(server_time=1.0), P.JobDone(job_id="a"), P.JobDone(job_id="a"),
+            P.Preview(job_id="a", step=1, splats=s),
+            P.Progress(job_id="a", stage="fit", step=1, total=3),
+            P.Preview(job_id="b", step=1, splats=s),
+            P.Preview(job_id="a", step=2, splats=s),
+            P.Heartbeat(server_time=1.0),
+            P.JobDone(job_id="a"),
+            P.JobDone(job_id="a"),
             P.Preview(job_id="a", step=3, splats=s),
-        ]  # fmt: skip
+        ]
         out = client._filter(msgs)
         kinds = [(type(m).__name__, m.job_id, getattr(m, "step", None)) for m in out]
         assert kinds == [("Progress", "a", 1), ("Preview", "b", 1), ("JobDone", "a", None)]
@@ -420,7 +457,9 @@ def test_connection_file_errors(tmp_path):
     (tmp_path / "bad.json").write_text('{"ip": "127.0.0.1"}')
     with pytest.raises(ConnectionFileError, match="router_port"):
         read_connection_file(tmp_path / "bad.json")
-    (tmp_path / "scheme.json").write_text('{"ip": "x", "router_port": 1, "pub_port": 2, "key": "k", "signature_scheme": "md5"}')
+    (tmp_path / "scheme.json").write_text(
+        '{"ip": "x", "router_port": 1, "pub_port": 2, "key": "k", "signature_scheme": "md5"}'
+    )
     with pytest.raises(ConnectionFileError, match="signature scheme"):
         read_connection_file(tmp_path / "scheme.json")
 

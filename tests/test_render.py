@@ -1,5 +1,4 @@
 """CPU reference rasterizer: closed form, finite differences, gsplat-shaped info, gsplat agreement."""
-import math
 
 import pytest
 import torch
@@ -75,8 +74,15 @@ def test_gradients_match_finite_differences():
 
     def loss_fn(p):
         out = render(
-            p["means"], p["quats"], p["log_scales"].exp(), torch.sigmoid(p["logit_op"]), p["colors"], cam,
-            backend="torch", cull_hidden=False, background=torch.tensor([0.3, 0.3, 0.3], dtype=dt),
+            p["means"],
+            p["quats"],
+            p["log_scales"].exp(),
+            torch.sigmoid(p["logit_op"]),
+            p["colors"],
+            cam,
+            backend="torch",
+            cull_hidden=False,
+            background=torch.tensor([0.3, 0.3, 0.3], dtype=dt),
         )
         return ((out.rgb - target) ** 2).sum() + out.alpha.sum()
 
@@ -103,7 +109,9 @@ def test_info_is_gsplat_shaped_and_means2d_gets_grads():
     cams = orbit_cameras(3, radius=0.6, elevation_deg=10, fov_deg=40, width=32, height=32)
     n = 200
     means = (torch.randn(n, 3) * 0.05).requires_grad_()
-    out = render(means, torch.randn(n, 4), torch.full((n, 3), 0.01), torch.full((n,), 0.5), torch.rand(n, 3), cams, absgrad=True)
+    out = render(
+        means, torch.randn(n, 4), torch.full((n, 3), 0.01), torch.full((n,), 0.5), torch.rand(n, 3), cams, absgrad=True
+    )
     info = out.info
     assert info["means2d"].shape == (3, n, 2)
     assert info["radii"].shape == (3, n, 2) and info["radii"].dtype == torch.int32

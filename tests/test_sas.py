@@ -1,5 +1,6 @@
 """SAS (METHOD A.4, Eq. 9–14): the landmark ControlNet's condition image and the SAS term on
 the tiny SD1.5 + IP-Adapter-FaceID + ControlNet."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -90,16 +91,22 @@ def parts(tiny_models_root):
     return sd, models.load_controlnet(tiny_models_root / "controlnet_face")
 
 
-STYLE = StyleStats(mean=torch.tensor([0.3, -0.2, 0.1, 0.0], dtype=torch.float64),
-                   cov=torch.diag(torch.tensor([0.5, 0.4, 0.6, 0.3], dtype=torch.float64)), n_images=20,
-                   prompt="a watercolour portrait", key="test")
+STYLE = StyleStats(
+    mean=torch.tensor([0.3, -0.2, 0.1, 0.0], dtype=torch.float64),
+    cov=torch.diag(torch.tensor([0.5, 0.4, 0.6, 0.3], dtype=torch.float64)),
+    n_images=20,
+    prompt="a watercolour portrait",
+    key="test",
+)
 IDENTITY = np.random.default_rng(0).standard_normal(512).astype(np.float32)
 IDENTITY /= np.linalg.norm(IDENTITY)
 
 
 def _term(parts, **kw) -> SDIdentityGuidance:
     sd, controlnet = parts
-    args = dict(prompt="a watercolour portrait", style=STYLE, controlnet=controlnet, settings=SASSettings(resolution=RES))
+    args = dict(
+        prompt="a watercolour portrait", style=STYLE, controlnet=controlnet, settings=SASSettings(resolution=RES)
+    )
     return SDIdentityGuidance(sd, **(args | kw))
 
 
@@ -138,9 +145,12 @@ def test_identity_and_control_change_the_gradient(parts, landmarks):
     full = _grad(_term(parts, identity=IDENTITY, landmarks=landmarks), rgb, cams)
     torch.testing.assert_close(_grad(_term(parts, identity=IDENTITY, landmarks=landmarks), rgb, cams), full)  # seeded
     other = np.roll(IDENTITY, 7)
-    for changed in (_term(parts, identity=other, landmarks=landmarks), _term(parts, identity=None, landmarks=landmarks),
-                    _term(parts, identity=IDENTITY, landmarks=None, controlnet=None),
-                    _term(parts, identity=IDENTITY, landmarks=landmarks, settings=SASSettings(resolution=RES, control_scale=0.0))):
+    for changed in (
+        _term(parts, identity=other, landmarks=landmarks),
+        _term(parts, identity=None, landmarks=landmarks),
+        _term(parts, identity=IDENTITY, landmarks=None, controlnet=None),
+        _term(parts, identity=IDENTITY, landmarks=landmarks, settings=SASSettings(resolution=RES, control_scale=0.0)),
+    ):
         assert (_grad(changed, rgb, cams) - full).abs().max() > 1e-3 * full.abs().max()
 
 
@@ -157,8 +167,13 @@ def test_text_only_term_is_plain_sd15(parts, tiny_models_root, landmarks):
 
 def test_taesd_encoder_and_resizing(parts, tiny_models_root, landmarks):
     taesd = models.load_taesd(tiny_models_root / "taesd")
-    term = _term(parts, identity=IDENTITY, landmarks=landmarks, taesd=taesd,
-                 settings=SASSettings(resolution=RES, encoder="taesd"))
+    term = _term(
+        parts,
+        identity=IDENTITY,
+        landmarks=landmarks,
+        taesd=taesd,
+        settings=SASSettings(resolution=RES, encoder="taesd"),
+    )
     cams = _front(96)  # renders at 96 px are resized to the SAS resolution
     assert term.control_image(cams).shape == (1, 3, RES, RES)
     _grad(term, _render(size=96), cams)
@@ -172,16 +187,26 @@ def test_taesd_encoder_and_resizing(parts, tiny_models_root, landmarks):
 def test_sas_on_cuda_in_half_precision(tiny_models_root, dtype):
     # landmarks spread over the front of the head (no MediaPipe inference needed on the GPU box)
     rng = np.random.default_rng(0)
-    landmarks = np.stack([rng.uniform(-0.06, 0.06, 478), rng.uniform(-0.11, -0.08, 478),
-                          rng.uniform(-0.08, 0.06, 478)], axis=1).astype(np.float32)
+    landmarks = np.stack(
+        [rng.uniform(-0.06, 0.06, 478), rng.uniform(-0.11, -0.08, 478), rng.uniform(-0.08, 0.06, 478)], axis=1
+    ).astype(np.float32)
     sd = models.load_sd15(tiny_models_root / "sd15", dtype=dtype, device="cuda")
     models.load_ip_adapter_faceid(sd.unet, tiny_models_root / "ip_adapter_faceid")
     sd.unet.to(device="cuda", dtype=dtype)
     controlnet = models.load_controlnet(tiny_models_root / "controlnet_face", dtype=dtype, device="cuda")
     taesd = models.load_taesd(tiny_models_root / "taesd", dtype=dtype, device="cuda")
     for encoder in ("vae", "taesd"):
-        term = SDIdentityGuidance(sd, prompt="a watercolour portrait", style=STYLE, controlnet=controlnet,
-                                  identity=IDENTITY, landmarks=landmarks, taesd=taesd, device="cuda", dtype=dtype,
-                                  settings=SASSettings(resolution=RES, encoder=encoder))
+        term = SDIdentityGuidance(
+            sd,
+            prompt="a watercolour portrait",
+            style=STYLE,
+            controlnet=controlnet,
+            identity=IDENTITY,
+            landmarks=landmarks,
+            taesd=taesd,
+            device="cuda",
+            dtype=dtype,
+            settings=SASSettings(resolution=RES, encoder=encoder),
+        )
         assert term.control_image(_front().to("cuda")).any()
         _grad(term, _render().cuda(), _front().to("cuda"))

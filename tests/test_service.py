@@ -6,6 +6,7 @@ photo pipeline with preset "preview".
 Every server is started in its own process group and the whole group is killed at
 teardown, so no server or worker outlives its test.
 """
+
 from __future__ import annotations
 
 import io
@@ -58,15 +59,30 @@ class ServerProc:
         self.proc: subprocess.Popen | None = None
         self.pgids: list[int] = []
 
-    def start(self, timeout: float = 60.0, fresh: bool = True) -> "ServerProc":
+    def start(self, timeout: float = 60.0, fresh: bool = True) -> ServerProc:
         if fresh:
             self.conn.unlink(missing_ok=True)
         mtime = self.conn.stat().st_mtime_ns if self.conn.exists() else None
-        cmd = [sys.executable, "-m", "backend.service_cli", "serve", "--connection-file", str(self.conn),
-               "--state-dir", str(self.state), "--pipelines", self.pipelines, "--heartbeat", "0.2", *self.extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "backend.service_cli",
+            "serve",
+            "--connection-file",
+            str(self.conn),
+            "--state-dir",
+            str(self.state),
+            "--pipelines",
+            self.pipelines,
+            "--heartbeat",
+            "0.2",
+            *self.extra,
+        ]
         env = {**os.environ, "PORTRAITSPLAT_TEST_PIPELINES": "1", "PYTHONPATH": _pythonpath()}
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.pgids.append(self.proc.pid)
         deadline = time.monotonic() + timeout
         while not self.conn.exists() or self.conn.stat().st_mtime_ns == mtime:  # written atomically once bound
@@ -140,9 +156,17 @@ def _pythonpath() -> str:
 def server(tmp_path_factory):
     srv = ServerProc(
         tmp_path_factory.mktemp("service"),
-        "--cancel-grace", "0.5", "--max-frame-mb", "1", "--max-image-mb", "0.5",
-        "--max-image-pixels", "4000000", "--preview-hz", "50",
-    ).start()  # fmt: skip
+        "--cancel-grace",
+        "0.5",
+        "--max-frame-mb",
+        "1",
+        "--max-image-mb",
+        "0.5",
+        "--max-image-pixels",
+        "4000000",
+        "--preview-hz",
+        "50",
+    ).start()
     with srv.client() as c:
         wait_ready(c)
     yield srv
@@ -375,7 +399,9 @@ def test_fuzzing_the_router_never_stops_the_server(server, client):
         assert error_code(edited(P.Ping(), msg_type="execute_request")) == "unknown_msg_type"
         assert error_code(edited(P.Ping(), protocol_version="9.0")) == "version_mismatch"
         assert error_code(good.serialize(P.SubmitJob(image=b"x" * (1536 * 1024)))) == "oversize"
-        assert error_code(good.serialize(P.Welcome(server_version="x", protocol_version="1.0"))) == "unexpected_msg_type"
+        assert (
+            error_code(good.serialize(P.Welcome(server_version="x", protocol_version="1.0"))) == "unexpected_msg_type"
+        )
         frames = [bytes(f) for f in good.serialize(P.SubmitJob(image=PHOTO))]
         assert error_code(frames[:-1]) == "bad_signature"  # a buffer frame missing
         # ... and a flood of random and truncated messages, some enormous
@@ -488,10 +514,24 @@ def test_non_loopback_bind_without_key_is_refused(tmp_path):
     from backend.server import InsecureBindError, ServerConfig
 
     r = subprocess.run(
-        [sys.executable, "-m", "backend.service_cli", "serve", "--bind", "0.0.0.0", "--no-key",
-         "--connection-file", str(tmp_path / "c.json"), "--state-dir", str(tmp_path / "s")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "backend.service_cli",
+            "serve",
+            "--bind",
+            "0.0.0.0",
+            "--no-key",
+            "--connection-file",
+            str(tmp_path / "c.json"),
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2, r.stderr
     assert "insecure_bind" in r.stderr and "0.0.0.0" in r.stderr
     assert not (tmp_path / "c.json").exists()
@@ -522,9 +562,24 @@ def test_curve_encryption_and_its_key_survives_a_restart(tmp_path):
             assert len(c.get_result(job)[0]) == FAST["n_gaussians"]
         srv.stop()
         key_file.write_bytes(b"garbage")
-        r = subprocess.run([sys.executable, "-m", "backend.service_cli", "serve", "--curve", "--connection-file",
-                            str(tmp_path / "c2.json"), "--state-dir", str(srv.state)],
-                           cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": _pythonpath()})  # fmt: skip
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "backend.service_cli",
+                "serve",
+                "--curve",
+                "--connection-file",
+                str(tmp_path / "c2.json"),
+                "--state-dir",
+                str(srv.state),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": _pythonpath()},
+        )
         assert r.returncode == 2 and "bad_server_config" in r.stderr and "curve_server.key" in r.stderr, r.stderr
     finally:
         srv.stop()
@@ -533,26 +588,70 @@ def test_curve_encryption_and_its_key_survives_a_restart(tmp_path):
 # ------------------------------------------------------------------------- CLI
 def test_cli_ping_and_generate(server, tmp_path):
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
-    r = subprocess.run([sys.executable, "-m", "backend.service_cli", "ping", "--connection-file", str(server.conn)],
-                       cwd=REPO, capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "backend.service_cli", "ping", "--connection-file", str(server.conn)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert f"protocol {P.PROTOCOL_VERSION}" in r.stdout and "synthetic" in r.stdout and "max_frame_bytes" in r.stdout
 
     photo = tmp_path / "me.png"
     photo.write_bytes(PHOTO)
     r = subprocess.run(
-        [sys.executable, "-m", "backend.service_cli", "generate", str(photo), "--connect", str(server.conn),
-         "--out", str(tmp_path / "out"), "--pipeline", "synthetic", "--option", "steps=3", "--option", "n_gaussians=123"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "backend.service_cli",
+            "generate",
+            str(photo),
+            "--connect",
+            str(server.conn),
+            "--out",
+            str(tmp_path / "out"),
+            "--pipeline",
+            "synthetic",
+            "--option",
+            "steps=3",
+            "--option",
+            "n_gaussians=123",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert len(read_ply(tmp_path / "out" / "head.ply")) == 123
 
     r = subprocess.run(
-        [sys.executable, "-m", "backend.service_cli", "generate", str(photo), "--connect", str(server.conn),
-         "--out", str(tmp_path / "out2"), "--pipeline", "synthetic", "--option", "fail_at=0", "--option", "fail_code=no_face"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "backend.service_cli",
+            "generate",
+            str(photo),
+            "--connect",
+            str(server.conn),
+            "--out",
+            str(tmp_path / "out2"),
+            "--pipeline",
+            "synthetic",
+            "--option",
+            "fail_at=0",
+            "--option",
+            "fail_code=no_face",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 1 and "error [no_face]" in r.stderr
 
 
@@ -566,8 +665,22 @@ def test_cli_ping_without_a_server_fails_fast(tmp_path):
 
     write_connection_file(tmp_path / "c.json", ConnectionInfo(ip="127.0.0.1", router_port=port, pub_port=port, key="k"))
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "backend.service_cli", "ping", "--connection-file", str(tmp_path / "c.json"), "--timeout", "1"],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend.service_cli",
+            "ping",
+            "--connection-file",
+            str(tmp_path / "c.json"),
+            "--timeout",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "error [timeout]" in r.stderr
     assert time.monotonic() - t0 < 20
 
@@ -615,7 +728,9 @@ def test_a_timed_out_request_is_not_run_by_a_server_that_starts_later(tmp_path):
             with pytest.raises(ServiceError) as err:
                 c.submit(PHOTO, "synthetic", options=FAST, image_name="from-client", timeout=0.5)
             assert err.value.code == "timeout"
-            P.Session(info.key_bytes).send(raw, P.SubmitJob(image=PHOTO, pipeline="synthetic", options=FAST, image_name="from-raw"))
+            P.Session(info.key_bytes).send(
+                raw, P.SubmitJob(image=PHOTO, pipeline="synthetic", options=FAST, image_name="from-raw")
+            )
             from blender_addon.core.connection import write_connection_file
 
             write_connection_file(srv.conn, info)  # what the stopped server left (a crash leaves it)

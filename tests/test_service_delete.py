@@ -3,6 +3,7 @@
 Real server process and sockets on loopback, as in ``test_service.py`` (whose helpers this
 module reuses).
 """
+
 from __future__ import annotations
 
 import os
@@ -10,12 +11,11 @@ import subprocess
 import sys
 
 import pytest
-
-from blender_addon.core import protocol as P
-from blender_addon.core.client import ServiceError
 from test_service import FAST, LONG, PHOTO, REPO, ServerProc, _pythonpath, wait_for
 
 from backend.jobs import DONE, JobRecord, JobStore
+from blender_addon.core import protocol as P
+from blender_addon.core.client import ServiceError
 
 
 def _folder_bytes(path) -> int:
@@ -85,8 +85,14 @@ def test_cli_lists_and_deletes_jobs(tmp_path):
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "backend.service_cli", "jobs", "--connection-file", str(srv.conn), *args],
-                              cwd=REPO, capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "backend.service_cli", "jobs", "--connection-file", str(srv.conn), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
 
     try:
         with srv.client() as c:

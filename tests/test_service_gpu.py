@@ -1,5 +1,6 @@
 """The service on a CUDA machine: a real CUDA out-of-memory error inside a job reaches the
 client as a typed ``out_of_memory`` job_failed with advice, and the worker is replaced."""
+
 from __future__ import annotations
 
 import pytest

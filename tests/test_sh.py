@@ -4,6 +4,7 @@ The colour checks go through the renderer's own SH evaluation (``backend.gaussia
 .eval_sh``): a rotated cloud with rotated coefficients, seen from the rotated camera, must show
 the same colours as the original.
 """
+
 import io
 
 import numpy as np
@@ -35,7 +36,9 @@ def _colours(means, sh0, shN, cam) -> np.ndarray:
     coeffs = torch.from_numpy(np.concatenate([sh0[:, None, :], shN], axis=1).astype(np.float64))
     coeffs[:, 0, :] += 100.0  # lift the DC so eval_sh's clamp at 0 never bites; the sums are compared
     degree = {3: 1, 8: 2, 15: 3}[shN.shape[1]]
-    out = eval_sh(coeffs, torch.from_numpy(np.asarray(means, np.float64)), torch.from_numpy(np.asarray(cam, np.float64)), degree)
+    out = eval_sh(
+        coeffs, torch.from_numpy(np.asarray(means, np.float64)), torch.from_numpy(np.asarray(cam, np.float64)), degree
+    )
     return out.numpy()
 
 
@@ -97,8 +100,9 @@ def test_bake_turns_the_sh_bands_with_the_object():
     baked = frames.bake_splats(matrix, s)
     cam = np.array([0.4, 0.5, -0.3])
     world_cam = 1.7 * rot @ cam + matrix[:3, 3]
-    np.testing.assert_allclose(_colours(baked.means, baked.sh0, baked.shN, world_cam), _colours(s.means, s.sh0, s.shN, cam),
-                               atol=2e-4)
+    np.testing.assert_allclose(
+        _colours(baked.means, baked.sh0, baked.shN, world_cam), _colours(s.means, s.sh0, s.shN, cam), atol=2e-4
+    )
     np.testing.assert_array_equal(baked.sh0, s.sh0)
     np.testing.assert_array_equal(baked.opacity_logits, s.opacity_logits)
 

@@ -1,4 +1,5 @@
 """Densification: gsplat's hooks on CPU with our info dict, and SAS surface-guided placement."""
+
 from __future__ import annotations
 
 import math
@@ -33,14 +34,16 @@ def make_splats(means: torch.Tensor, quats: torch.Tensor, log_scales: torch.Tens
     """gsplat-shaped ParameterDict and one Adam per key (create_splats_with_optimizers shape)."""
     n = len(means)
     k = (sh_degree + 1) ** 2 - 1
-    params = torch.nn.ParameterDict({
-        "means": torch.nn.Parameter(means.float().clone()),
-        "quats": torch.nn.Parameter(quats.float().clone()),
-        "scales": torch.nn.Parameter(log_scales.float().clone()),
-        "opacities": torch.nn.Parameter(torch.zeros(n)),  # sigmoid 0.5: nothing is pruned
-        "sh0": torch.nn.Parameter(torch.linspace(-1.0, 1.0, n * 3).reshape(n, 1, 3)),
-        "shN": torch.nn.Parameter(torch.zeros(n, k, 3)),
-    })
+    params = torch.nn.ParameterDict(
+        {
+            "means": torch.nn.Parameter(means.float().clone()),
+            "quats": torch.nn.Parameter(quats.float().clone()),
+            "scales": torch.nn.Parameter(log_scales.float().clone()),
+            "opacities": torch.nn.Parameter(torch.zeros(n)),  # sigmoid 0.5: nothing is pruned
+            "sh0": torch.nn.Parameter(torch.linspace(-1.0, 1.0, n * 3).reshape(n, 1, 3)),
+            "shN": torch.nn.Parameter(torch.zeros(n, k, 3)),
+        }
+    )
     optimizers = {key: torch.optim.Adam([p], lr=1e-3) for key, p in params.items()}
     return params, optimizers
 
@@ -56,7 +59,7 @@ def random_splats(n: int, seed: int = 0, scale_range=(0.002, 0.03)):
 
 def adam_step(params, optimizers):
     """One real optimiser step so that every Adam moment exists and is non-zero."""
-    loss = sum((p ** 2).sum() for p in params.values())
+    loss = sum((p**2).sum() for p in params.values())
     loss.backward()
     for opt in optimizers.values():
         opt.step()
@@ -147,7 +150,7 @@ def sphere_splats(n: int, radius: float, tangent_scale: float, normal_scale: flo
     """Fibonacci-sphere centres; discs tangent to the sphere, each tilted by up to tilt_deg."""
     rng = np.random.default_rng(seed)
     i = np.arange(n) + 0.5
-    phi, theta = np.arccos(1 - 2 * i / n), np.pi * (1 + 5 ** 0.5) * i
+    phi, theta = np.arccos(1 - 2 * i / n), np.pi * (1 + 5**0.5) * i
     normal = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], -1)
     t1 = np.cross(normal, rng.normal(size=(n, 3)))
     t1 /= np.linalg.norm(t1, axis=-1, keepdims=True)
@@ -178,8 +181,10 @@ def test_surface_guided_split_keeps_new_points_on_the_surface():
         run_refine_step(strategy, params, optimizers, torch.full((n, 2), 0.01), seed=1)
         assert len(params["means"]) == 2 * n  # all parents replaced by two children each
         shares[kind] = off_surface_share(params["means"], radius, tol=0.01 * radius)
-    print(f"\nshare of new points > 1% of the radius off the sphere: "
-          f"isotropic {shares['default']:.3f}, surface-guided {shares['surface']:.3f}")
+    print(
+        f"\nshare of new points > 1% of the radius off the sphere: "
+        f"isotropic {shares['default']:.3f}, surface-guided {shares['surface']:.3f}"
+    )
     assert shares["default"] > 0.3  # the isotropic placement really scatters
     assert shares["surface"] * 2 <= shares["default"]
     assert shares["surface"] < 0.05

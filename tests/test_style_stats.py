@@ -1,5 +1,6 @@
 """Style statistics and the Eq. 13 whitening–colouring map (METHOD A.4); the style set on the
 tiny SD1.5 and its disk cache."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,13 @@ def _np_stats(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _style(seed: int = 0) -> StyleStats:
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(4, 4, generator=g, dtype=torch.float64)
-    return StyleStats(mean=torch.randn(4, generator=g, dtype=torch.float64), cov=a @ a.T + 0.05 * torch.eye(4, dtype=torch.float64),
-                      n_images=20, prompt="p", key="k")
+    return StyleStats(
+        mean=torch.randn(4, generator=g, dtype=torch.float64),
+        cov=a @ a.T + 0.05 * torch.eye(4, dtype=torch.float64),
+        n_images=20,
+        prompt="p",
+        key="k",
+    )
 
 
 def test_latent_stats_matches_numpy():
@@ -92,8 +98,9 @@ def _count_unet_calls(unet) -> list[int]:
 
 def test_style_set_and_cache(sd, tmp_path):
     seen = []
-    lat = generate_style_set(sd, "a portrait", n=3, steps=2, resolution=64, batch=2,
-                             progress=lambda d, t: seen.append((d, t)))
+    lat = generate_style_set(
+        sd, "a portrait", n=3, steps=2, resolution=64, batch=2, progress=lambda d, t: seen.append((d, t))
+    )
     assert lat.shape == (3, 4, 8, 8) and torch.isfinite(lat).all()
     assert seen[-1] == (4, 4) and len(seen) == 4  # 2 batches x 2 steps
     assert (lat[0] - lat[1]).abs().max() > 1e-3  # per-image seeds

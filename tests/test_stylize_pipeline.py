@@ -1,6 +1,7 @@
 """The stylize pipeline (METHOD A) with tiny random models (backend.testing): typed errors
 first, then end to end in-process (all terms, no-MVDream, text-only), then through the real
 server (its worker subprocess finds the tiny models through PORTRAITSPLAT_MODELS)."""
+
 from __future__ import annotations
 
 import os
@@ -68,13 +69,16 @@ def test_missing_models_fail_before_any_work(astronaut_image, tmp_path, monkeypa
     assert "buffalo_l" not in err.value.hint and "mvdream" not in err.value.hint and "sd15" in err.value.hint
 
 
-@pytest.mark.parametrize("options, error", [
-    ({"encoder": "jpeg"}, InvalidOptionError),
-    ({"init": "sphere"}, InvalidOptionError),
-    ({"mvdream": "no"}, InvalidOptionError),
-    ({"steps": 0}, InvalidOptionError),
-    ({"colour": "red"}, InvalidOptionError),
-])
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        ({"encoder": "jpeg"}, InvalidOptionError),
+        ({"init": "sphere"}, InvalidOptionError),
+        ({"mvdream": "no"}, InvalidOptionError),
+        ({"steps": 0}, InvalidOptionError),
+        ({"colour": "red"}, InvalidOptionError),
+    ],
+)
 def test_bad_options_are_typed(options, error):
     with pytest.raises(error) as err:
         stylize.settings("test", options)
@@ -82,8 +86,11 @@ def test_bad_options_are_typed(options, error):
 
 
 def test_unknown_presets_are_typed_in_every_pipeline():
-    for check in (lambda: stylize.settings("nope", None), lambda: photo._preset("nope", None),
-                  lambda: instax._preset("nope", None)):
+    for check in (
+        lambda: stylize.settings("nope", None),
+        lambda: photo._preset("nope", None),
+        lambda: instax._preset("nope", None),
+    ):
         with pytest.raises(UnknownPresetError) as err:
             check()
         assert isinstance(err.value, PortraitSplatError) and err.value.code == "unknown_preset"
@@ -91,11 +98,14 @@ def test_unknown_presets_are_typed_in_every_pipeline():
 
 
 @pytest.mark.parametrize("run", [photo.run, instax.run, stylize.run], ids=["photo", "instax", "stylize"])
-@pytest.mark.parametrize("options, fragment", [
-    ({"stpes": 10}, "no option 'stpes'"),
-    ({"steps": "many"}, "steps"),
-    ({"steps": True}, "steps"),
-])
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"stpes": 10}, "no option 'stpes'"),
+        ({"steps": "many"}, "steps"),
+        ({"steps": True}, "steps"),
+    ],
+)
 def test_bad_options_fail_before_any_work_in_every_pipeline(run, options, fragment):
     """A misspelt or mistyped option is a typed error at the start, never silently dropped."""
     rec = Recorder()
@@ -154,22 +164,29 @@ def test_ablations_text_only_and_no_mvdream(tiny, astronaut_image, monkeypatch):
     monkeypatch.setenv("PORTRAITSPLAT_MODEL_BUFFALO_L", str(tiny / "nowhere"))
     monkeypatch.setenv("PORTRAITSPLAT_MODEL_IP_ADAPTER_FACEID", str(tiny / "nowhere"))
     rec = Recorder()
-    result = stylize.run(astronaut_image, preset="test", options={"identity": False, "mvdream": False, "steps": 4,
-                                                                  "style": STYLE}, reporter=rec)
+    result = stylize.run(
+        astronaut_image,
+        preset="test",
+        options={"identity": False, "mvdream": False, "steps": 4, "style": STYLE},
+        reporter=rec,
+    )
     m = result.metrics
     assert "loss_mvdream" not in m and np.isfinite(m["loss_sas"]) and m["identity"] is False
     assert ("stylize", 4, 4) in rec.events and "style" not in [e[0] for e in rec.events]  # style set cached
     assert stylize._MODELS["controlnet"][1] is controlnet  # warm between jobs
-    assert not any(getattr(p, "to_k_ip", None) is not None for p in stylize._MODELS["sd15"][1].unet.attn_processors.values())
+    assert not any(
+        getattr(p, "to_k_ip", None) is not None for p in stylize._MODELS["sd15"][1].unet.attn_processors.values()
+    )
 
 
 def test_taesd_encodes_for_both_terms(tiny):
     """encoder=taesd swaps the render encoder of the MVDream term too (SD2.1 shares SD1.5's
     latent space); encoder=vae keeps MVDream's own SD2.1 VAE. Same views, same draws: the
     loss and the gradient reaching the render differ only by the encoder."""
-    import torch
     from dataclasses import replace
     from types import SimpleNamespace
+
+    import torch
 
     cpu = torch.device("cpu")
     rgb = torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0))
@@ -178,8 +195,9 @@ def test_taesd_encodes_for_both_terms(tiny):
         cfg = replace(stylize.PRESETS["test"], encoder=encoder)
         m = stylize.load_models(cfg, cpu, torch.float32)
         x = rgb.clone().requires_grad_(True)
-        term = stylize.mvdream_term(m, cfg, STYLE, lambda cams: SimpleNamespace(rgb=x), device=cpu,
-                                    dtype=torch.float32, seed=0)
+        term = stylize.mvdream_term(
+            m, cfg, STYLE, lambda cams: SimpleNamespace(rgb=x), device=cpu, dtype=torch.float32, seed=0
+        )
         assert term.vae is (m.taesd if encoder == "taesd" else m.mvdream_parts.vae)
         loss = term(None, None, 7)["loss_mvdream"]
         loss.backward()
@@ -193,7 +211,9 @@ def test_photo_init_and_cancel(tiny, astronaut_image):
 
     rec = Recorder(cancel_after=3)
     with pytest.raises(CancelledError):
-        stylize.run(astronaut_image, preset="test", options={"init": "photo", "style": STYLE, "steps": 50}, reporter=rec)
+        stylize.run(
+            astronaut_image, preset="test", options={"init": "photo", "style": STYLE, "steps": 50}, reporter=rec
+        )
     stages = [e[0] for e in rec.events]
     assert "optimise" in stages  # the photo pipeline's fit ran first
     assert sum(s == "stylize" for s in stages) == 3  # stopped at the next step
@@ -235,8 +255,9 @@ def test_through_the_real_server_with_cancel(tiny, tmp_path):
             wait_ready(c, timeout=120)
             assert "stylize" in c.connect().pipelines
             photo_bytes = (REPO / "examples" / "astronaut.jpg").read_bytes()
-            job = c.submit(photo_bytes, "stylize", preset="test", style_prompt=STYLE,
-                           options={"steps": 30, "preview_every": 5})
+            job = c.submit(
+                photo_bytes, "stylize", preset="test", style_prompt=STYLE, options={"steps": 30, "preview_every": 5}
+            )
             events: list = []
             final = c.wait(job, timeout=240, on_event=events.append)
             assert isinstance(final, P.JobDone), final

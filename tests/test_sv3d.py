@@ -1,4 +1,5 @@
 """SV3D orbit generation (METHOD B.1) on a tiny SV3D-shaped model: conditioning, sampler, loading."""
+
 import math
 
 import numpy as np
@@ -33,7 +34,12 @@ SMALL = sv3d.SV3DSettings(resolution=64, steps=3)
 
 def test_schedule_guidance_and_orbit_constants():
     s = sv3d.edm_sigmas(50)
-    assert len(s) == 51 and float(s[0]) == pytest.approx(700.0) and float(s[-2]) == pytest.approx(0.002) and float(s[-1]) == 0
+    assert (
+        len(s) == 51
+        and float(s[0]) == pytest.approx(700.0)
+        and float(s[-2]) == pytest.approx(0.002)
+        and float(s[-1]) == 0
+    )
     assert bool((s[:-1][1:] < s[:-1][:-1]).all())
     w = sv3d.triangle_cfg(21)
     assert float(w[0]) == float(w[-1]) == pytest.approx(1.0) and float(w[10]) == pytest.approx(2.5)
@@ -55,7 +61,9 @@ def test_vector_condition_widths_and_camera_path():
     p = sv3d.vector_condition("sv3d_p", 21, 1e-5, elevation_deg=10.0)
     assert u.shape == (21, 256) and p.shape == (21, 1280)
     assert torch.allclose(p[:, :256], u)  # cond_aug first
-    assert torch.allclose(p[:, 256:768], sv3d.sinusoidal(torch.full((21,), math.radians(80.0)), 512))  # polar = 90 - elevation
+    assert torch.allclose(
+        p[:, 256:768], sv3d.sinusoidal(torch.full((21,), math.radians(80.0)), 512)
+    )  # polar = 90 - elevation
     assert torch.allclose(p[-1, 768:], sv3d.sinusoidal(torch.zeros(1), 512)[0])  # last frame: azimuth 0
     assert not torch.allclose(p[0, 768:], p[1, 768:])
 

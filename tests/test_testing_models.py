@@ -1,4 +1,5 @@
 """backend.testing: the tiny models keep the public weights' structure (names, keys, shapes)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,13 @@ def test_tiny_tokenizer_is_generated_and_behaves_like_clip(tmp_path):
     assert {p.name for p in folder.iterdir()} >= {"vocab.json", "merges.txt", "tokenizer_config.json"}
     tok = CLIPTokenizer.from_pretrained(folder)
     vocab = json.loads((folder / "vocab.json").read_text())
-    ids = tok(["the portrait photo of Zoë, ☃ style", ""], padding="max_length", max_length=77,
-              truncation=True, return_tensors="pt").input_ids
+    ids = tok(
+        ["the portrait photo of Zoë, ☃ style", ""],
+        padding="max_length",
+        max_length=77,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     assert ids.shape == (2, 77)
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
     assert ids[0, 0] == bos and ids[1, 0] == bos and ids[1, 1] == eos
@@ -32,8 +38,14 @@ def test_ip_adapter_state_dict_layout():
     unet = UNet2DConditionModel(**testing.tiny_unet_kwargs())
     sd = testing.tiny_ip_adapter_state_dict(unet)
     assert set(sd) == {"image_proj", "ip_adapter"}
-    assert set(sd["image_proj"]) == {"proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias",
-                                     "norm.weight", "norm.bias"}
+    assert set(sd["image_proj"]) == {
+        "proj.0.weight",
+        "proj.0.bias",
+        "proj.2.weight",
+        "proj.2.bias",
+        "norm.weight",
+        "norm.bias",
+    }
     C = unet.config.cross_attention_dim
     assert sd["image_proj"]["proj.0.weight"].shape == (1024, 512)  # the real first layer
     assert sd["image_proj"]["proj.2.weight"].shape == (4 * C, 1024) and sd["image_proj"]["norm.weight"].shape == (C,)
@@ -47,9 +59,9 @@ def test_ip_adapter_state_dict_layout():
         assert (f"{i}.to_k_ip.weight" in ip) == is_cross
         for proj in ("to_q", "to_k", "to_v", "to_out"):
             assert ip[f"{i}.{proj}_lora.down.weight"].shape[0] == testing.TINY_LORA_RANK
-    assert ip["1.to_k_ip.weight"].shape == (16, C)       # down block 0: width 16
-    assert ip["7.to_v_ip.weight"].shape == (32, C)       # mid block: width 32 (last)
-    assert ip["1.to_k_lora.down.weight"].shape[1] == C   # cross-attention LoRA reads the text width
+    assert ip["1.to_k_ip.weight"].shape == (16, C)  # down block 0: width 16
+    assert ip["7.to_v_ip.weight"].shape == (32, C)  # mid block: width 32 (last)
+    assert ip["1.to_k_lora.down.weight"].shape[1] == C  # cross-attention LoRA reads the text width
     assert ip["0.to_k_lora.down.weight"].shape[1] == 16  # self-attention LoRA reads the hidden width
 
 
@@ -70,8 +82,8 @@ def test_mvdream_state_dict_follows_the_ldm_layout():
     tb = "middle_block.1.transformer_blocks.0"
     assert shapes[f"{tb}.attn2.to_k.weight"] == (2 * C, cfg["context_dim"])  # text cross-attention
     assert f"{tb}.attn1.to_q.bias" not in shapes and f"{tb}.attn1.to_out.0.bias" in shapes
-    assert shapes[f"{tb}.ff.net.0.proj.weight"] == (2 * 4 * 2 * C, 2 * C)      # GEGLU
-    assert shapes["middle_block.1.proj_in.weight"] == (2 * C, 2 * C)          # linear proj_in
+    assert shapes[f"{tb}.ff.net.0.proj.weight"] == (2 * 4 * 2 * C, 2 * C)  # GEGLU
+    assert shapes["middle_block.1.proj_in.weight"] == (2 * C, 2 * C)  # linear proj_in
     assert "output_blocks.1.1.conv.weight" in shapes  # upsample at the end of level 1
     assert shapes["out.2.weight"] == (cfg["out_channels"], C, 3, 3)
     sd = testing.tiny_mvdream_unet_state_dict()
@@ -82,8 +94,15 @@ def test_mvdream_state_dict_follows_the_ldm_layout():
 def test_real_mvdream_config_gives_the_real_key_count():
     """Sanity check of the enumerator at full size: SD2.1's LDM UNet has 686 tensors; MVDream
     adds 4 (camera_embed.{0,2}.{weight,bias})."""
-    real = dict(testing.TINY_MVDREAM_UNET_CONFIG, model_channels=320, channel_mult=[1, 2, 4, 4],
-                num_res_blocks=2, attention_resolutions=[4, 2, 1], num_head_channels=64, context_dim=1024)
+    real = dict(
+        testing.TINY_MVDREAM_UNET_CONFIG,
+        model_channels=320,
+        channel_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attention_resolutions=[4, 2, 1],
+        num_head_channels=64,
+        context_dim=1024,
+    )
     shapes = testing.mvdream_unet_shapes(real)
     assert len(shapes) == 686 + 4
     assert shapes["camera_embed.0.weight"] == (1280, 16)
@@ -105,7 +124,13 @@ def test_tiny_models_are_deterministic():
 
 def test_sv3d_layout(tiny_sv3d_path):
     assert {p.name for p in tiny_sv3d_path.iterdir()} == {
-        "unet", "vae", "image_encoder", "feature_extractor", "scheduler", "model_index.json"}
+        "unet",
+        "vae",
+        "image_encoder",
+        "feature_extractor",
+        "scheduler",
+        "model_index.json",
+    }
     cfg = json.loads((tiny_sv3d_path / "unet" / "config.json").read_text())
     assert cfg["_class_name"] == "UNetSpatioTemporalConditionModel"
     assert (cfg["in_channels"], cfg["out_channels"]) == (8, 4)

@@ -28,6 +28,7 @@ Usage::
 MediaPipe's canonical face model (``canonical_face_model.obj``) is not in the wheel, so
 no loader for it is offered here.
 """
+
 from backend.face.analyse import FaceAnalysis, analyse_face
 from backend.face.crop import crop_face, square_crop
 from backend.face.detect import FaceBox, detect_faces
@@ -36,7 +37,21 @@ from backend.face.landmarks import FACE_OVAL, LANDMARKS, LEFT_IRIS, N_LANDMARKS,
 from backend.face.pose import head_pose, head_rotation
 
 __all__ = [
-    "FACE_OVAL", "LANDMARKS", "LEFT_IRIS", "N_LANDMARKS", "RIGHT_IRIS",
-    "FaceAnalysis", "FaceBox", "FaceResult", "analyse_face", "analyse_identity", "choose_backend",
-    "crop_face", "detect_faces", "head_pose", "head_rotation", "insightface_available", "square_crop",
+    "FACE_OVAL",
+    "LANDMARKS",
+    "LEFT_IRIS",
+    "N_LANDMARKS",
+    "RIGHT_IRIS",
+    "FaceAnalysis",
+    "FaceBox",
+    "FaceResult",
+    "analyse_face",
+    "analyse_identity",
+    "choose_backend",
+    "crop_face",
+    "detect_faces",
+    "head_pose",
+    "head_rotation",
+    "insightface_available",
+    "square_crop",
 ]

@@ -15,6 +15,7 @@ single signature", "Using NORM_RECT without IMAGE_DIMENSIONS is only supported f
 square ROI"). GLOG_minloglevel does not silence them in this build. The last one does not
 apply here: :mod:`backend.face.landmarks` feeds the mesh square crops only.
 """
+
 from __future__ import annotations
 
 import threading
@@ -27,7 +28,7 @@ _GRAPHS: dict[str, Any] = {}
 
 # Graph names: the two BlazeFace detectors and the 478-point mesh (with iris refinement).
 SHORT_RANGE = "detect_short_range"  # faces filling a good part of the frame (selfie distance)
-FULL_RANGE = "detect_full_range"    # smaller / farther faces, up to about 5 m
+FULL_RANGE = "detect_full_range"  # smaller / farther faces, up to about 5 m
 FACE_MESH = "face_mesh"
 
 MIN_DETECTION_SCORE = 0.5

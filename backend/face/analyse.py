@@ -1,4 +1,5 @@
 """``analyse_face``: detect, count, choose one face, then its landmarks and pose."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,11 +23,11 @@ class FaceAnalysis:
     left, pitch > 0 looking up, roll > 0 leaning toward their left shoulder.
     """
 
-    bbox: np.ndarray          # [4] float32 x0, y0, x1, y1
-    score: float              # detector confidence, 0..1
-    landmarks2d: np.ndarray   # [478, 2] float32 x, y
-    landmarks3d: np.ndarray   # [478, 3] float32 x, y, z
-    n_faces: int              # faces detected in the whole image, the analysed one included
+    bbox: np.ndarray  # [4] float32 x0, y0, x1, y1
+    score: float  # detector confidence, 0..1
+    landmarks2d: np.ndarray  # [478, 2] float32 x, y
+    landmarks3d: np.ndarray  # [478, 3] float32 x, y, z
+    n_faces: int  # faces detected in the whole image, the analysed one included
     image_size: tuple[int, int]  # (width, height) of the input image
     yaw_pitch_roll: tuple[float, float, float]  # degrees
 
@@ -46,8 +47,10 @@ def analyse_face(image: np.ndarray, *, refuse_multiple: bool = False, min_face_p
     """
     is_rgb8 = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
     if not (is_rgb8 and image.shape[2] == 3):
-        raise ValueError(f"analyse_face expects an [H, W, 3] uint8 RGB array, got "
-                         f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+        raise ValueError(
+            f"analyse_face expects an [H, W, 3] uint8 RGB array, got "
+            f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+        )
     height, width = image.shape[:2]
 
     faces = detect_faces(image)

@@ -3,6 +3,7 @@
 Crops may reach past the image border; the missing pixels repeat the nearest edge pixel
 (``cv2.BORDER_REPLICATE``), which disturbs detectors and generators less than black bars.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -14,8 +15,9 @@ if TYPE_CHECKING:
     from backend.face.analyse import FaceAnalysis
 
 
-def square_crop(image: np.ndarray, centre: tuple[float, float], side: float, size: int
-                ) -> tuple[np.ndarray, np.ndarray]:
+def square_crop(
+    image: np.ndarray, centre: tuple[float, float], side: float, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut the square of ``side`` pixels centred on ``centre`` (x, y) and resize it to ``size``.
 
     Returns ``(crop, crop_box)``: crop is ``[size, size, 3]`` uint8; crop_box is ``[4]`` int
@@ -27,12 +29,15 @@ def square_crop(image: np.ndarray, centre: tuple[float, float], side: float, siz
     y0 = int(round(centre[1] - side_px / 2))
     x1, y1 = x0 + side_px, y0 + side_px
     height, width = image.shape[:2]
-    inner = image[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
+    inner = image[max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)]
     if inner.size == 0:
         raise ValueError(f"crop {x0, y0, x1, y1} lies outside the {width}x{height} image")
     padded = cv2.copyMakeBorder(
         np.ascontiguousarray(inner),
-        top=max(-y0, 0), bottom=max(y1 - height, 0), left=max(-x0, 0), right=max(x1 - width, 0),
+        top=max(-y0, 0),
+        bottom=max(y1 - height, 0),
+        left=max(-x0, 0),
+        right=max(x1 - width, 0),
         borderType=cv2.BORDER_REPLICATE,
     )
     interp = cv2.INTER_AREA if side_px > size else cv2.INTER_CUBIC
@@ -40,8 +45,9 @@ def square_crop(image: np.ndarray, centre: tuple[float, float], side: float, siz
     return crop, np.array([x0, y0, x1, y1], dtype=np.int64)
 
 
-def crop_face(image: np.ndarray, analysis: "FaceAnalysis", margin: float = 0.6, size: int = 512
-              ) -> tuple[np.ndarray, np.ndarray]:
+def crop_face(
+    image: np.ndarray, analysis: FaceAnalysis, margin: float = 0.6, size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """A square head crop for later pipelines.
 
     The square is centred on the box around the 478 landmarks (mid-forehead to chin, cheek

@@ -11,6 +11,7 @@ keeps small faces sharper than the graph's own resize. A face smaller than about
 the image's long side is therefore not found; :func:`detect_faces` documents this limit
 rather than tiling.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ MERGE_CONTAINED = 0.7
 @dataclass(frozen=True)
 class FaceBox:
     box: np.ndarray  # [4] float32 x0, y0, x1, y1 in input-image pixels; may pass the border
-    score: float     # detector confidence, 0..1
+    score: float  # detector confidence, 0..1
     models: tuple[str, ...]  # which detectors found it
 
     @property

@@ -20,6 +20,7 @@ Usage::
     face = analyse_identity(img)                  # [H, W, 3] uint8 RGB
     face.backend, face.embedding                  # "insightface", [512] (or "mediapipe", None)
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,13 @@ BACKENDS = ("auto", "insightface", "mediapipe")
 # MediaPipe indices giving insightface's 5 keypoints, in insightface's order: the subject's
 # right eye, left eye (iris centres), nose tip, right and left mouth corners. On an
 # unmirrored frontal photo the first of each pair is on the image's left.
-_MP_KPS5 = (LANDMARKS["right_iris"], LANDMARKS["left_iris"], LANDMARKS["nose_tip"],
-            LANDMARKS["mouth_right"], LANDMARKS["mouth_left"])
+_MP_KPS5 = (
+    LANDMARKS["right_iris"],
+    LANDMARKS["left_iris"],
+    LANDMARKS["nose_tip"],
+    LANDMARKS["mouth_right"],
+    LANDMARKS["mouth_left"],
+)
 
 
 @dataclass
@@ -51,18 +57,18 @@ class FaceResult:
     leaning to their left shoulder), or is None when it could not be estimated.
     """
 
-    backend: str                      # "insightface" or "mediapipe"
-    bbox: np.ndarray                  # [4] float32 x0, y0, x1, y1
-    score: float                      # detector confidence, 0..1
-    kps5: np.ndarray                  # [5, 2] float32: right eye, left eye, nose, right/left mouth corner
-    landmarks2d: np.ndarray           # [478, 2] (mediapipe) or [106, 2] (insightface) float32
-    landmarks3d: np.ndarray | None    # [478, 3] (mediapipe) or [68, 3] (insightface) float32
-    landmark_format: str              # "mediapipe478" or "insightface106"
-    embedding: np.ndarray | None      # [512] float32, L2-normalised ArcFace; None for mediapipe
+    backend: str  # "insightface" or "mediapipe"
+    bbox: np.ndarray  # [4] float32 x0, y0, x1, y1
+    score: float  # detector confidence, 0..1
+    kps5: np.ndarray  # [5, 2] float32: right eye, left eye, nose, right/left mouth corner
+    landmarks2d: np.ndarray  # [478, 2] (mediapipe) or [106, 2] (insightface) float32
+    landmarks3d: np.ndarray | None  # [478, 3] (mediapipe) or [68, 3] (insightface) float32
+    landmark_format: str  # "mediapipe478" or "insightface106"
+    embedding: np.ndarray | None  # [512] float32, L2-normalised ArcFace; None for mediapipe
     yaw_pitch_roll: tuple[float, float, float] | None  # degrees
-    n_faces: int                      # faces detected in the image, this one included
-    image_size: tuple[int, int]       # (width, height)
-    model: str = ""                   # insightface pack name ("" for mediapipe)
+    n_faces: int  # faces detected in the image, this one included
+    image_size: tuple[int, int]  # (width, height)
+    model: str = ""  # insightface pack name ("" for mediapipe)
 
 
 def from_face_analysis(face: FaceAnalysis) -> FaceResult:
@@ -99,8 +105,9 @@ def _pack_folder(pack: str, root: Path | None) -> Path:
     for cand in (root, root / "models" / pack, root / "insightface" / "models" / pack):
         if any(cand.glob("*.onnx")):
             return cand
-    raise ModelMissingError(f"No insightface pack '{pack}' under {root}.",
-                            hint=f"Run: python -m backend models download --only {pack}")
+    raise ModelMissingError(
+        f"No insightface pack '{pack}' under {root}.", hint=f"Run: python -m backend models download --only {pack}"
+    )
 
 
 def insightface_available(pack: str = "buffalo_l", root: Path | None = None) -> bool:
@@ -146,21 +153,30 @@ def pose_from_68(points2d: np.ndarray, image_size: tuple[int, int]) -> tuple[flo
     w, h = image_size
     f = float(max(w, h))
     cam = np.array([[f, 0, w / 2.0], [0, f, h / 2.0], [0, 0, 1.0]])
-    scale = np.linalg.norm(pts.max(0) - pts.min(0)) / max(np.linalg.norm(model[:, :2].max(0) - model[:, :2].min(0)), 1e-9)
+    scale = np.linalg.norm(pts.max(0) - pts.min(0)) / max(
+        np.linalg.norm(model[:, :2].max(0) - model[:, :2].min(0)), 1e-9
+    )
     # start the iterative fit frontal, at the depth that gives the observed size
     rvec0 = np.zeros((3, 1))
     tvec0 = np.array([[(pts[:, 0].mean() - w / 2) / scale], [(pts[:, 1].mean() - h / 2) / scale], [f / scale]])
-    ok, rvec, _ = cv2.solvePnP(model, pts, cam, None, rvec0, tvec0, useExtrinsicGuess=True,
-                               flags=cv2.SOLVEPNP_ITERATIVE)
+    ok, rvec, _ = cv2.solvePnP(
+        model, pts, cam, None, rvec0, tvec0, useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE
+    )
     if not ok or not np.all(np.isfinite(rvec)):
         return None
     rot, _ = cv2.Rodrigues(rvec)  # columns: head axes in camera coordinates
     return tuple(float(v) for v in rotation_to_yaw_pitch_roll(rot))
 
 
-def analyse_insightface(image: np.ndarray, *, pack: str = "buffalo_l", root: Path | None = None,
-                        providers: list[str] | None = None, refuse_multiple: bool = False,
-                        min_face_px: int = 48) -> FaceResult:
+def analyse_insightface(
+    image: np.ndarray,
+    *,
+    pack: str = "buffalo_l",
+    root: Path | None = None,
+    providers: list[str] | None = None,
+    refuse_multiple: bool = False,
+    min_face_px: int = 48,
+) -> FaceResult:
     """Measure the largest face with insightface ``FaceAnalysis``; see :func:`analyse_identity`."""
     _check_image(image)
     app = _insightface_app(pack, root, providers)
@@ -174,7 +190,9 @@ def analyse_insightface(image: np.ndarray, *, pack: str = "buffalo_l", root: Pat
     bbox = np.asarray(face.bbox, dtype=np.float32)
     short_side = float(min(bbox[2] - bbox[0], bbox[3] - bbox[1]))
     if short_side < min_face_px:
-        raise FaceTooSmallError(f"The face is only about {short_side:.0f} pixels across; at least {min_face_px} are needed.")
+        raise FaceTooSmallError(
+            f"The face is only about {short_side:.0f} pixels across; at least {min_face_px} are needed."
+        )
     lmk3d = face.get("landmark_3d_68")
     lmk2d = face.get("landmark_2d_106")
     emb = face.get("embedding")
@@ -183,8 +201,10 @@ def analyse_insightface(image: np.ndarray, *, pack: str = "buffalo_l", root: Pat
         emb = emb / max(float(np.linalg.norm(emb)), 1e-12)  # == face.normed_embedding
     pose = pose_from_68(lmk3d[:, :2], (width, height)) if lmk3d is not None else None
     if lmk2d is None:
-        raise ModelMissingError(f"The insightface pack '{pack}' has no 106-point landmark model (2d106det.onnx).",
-                                hint=f"Run: python -m backend models download --only {pack}")
+        raise ModelMissingError(
+            f"The insightface pack '{pack}' has no 106-point landmark model (2d106det.onnx).",
+            hint=f"Run: python -m backend models download --only {pack}",
+        )
     return FaceResult(
         backend="insightface",
         bbox=bbox,
@@ -204,8 +224,10 @@ def analyse_insightface(image: np.ndarray, *, pack: str = "buffalo_l", root: Pat
 def _check_image(image: np.ndarray) -> None:
     ok = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     if not ok:
-        raise ValueError(f"expected an [H, W, 3] uint8 RGB array, got {getattr(image, 'dtype', type(image))} "
-                         f"{getattr(image, 'shape', '')}")
+        raise ValueError(
+            f"expected an [H, W, 3] uint8 RGB array, got {getattr(image, 'dtype', type(image))} "
+            f"{getattr(image, 'shape', '')}"
+        )
 
 
 def choose_backend(backend: str = "auto", *, pack: str = "buffalo_l", root: Path | None = None) -> str:
@@ -217,9 +239,16 @@ def choose_backend(backend: str = "auto", *, pack: str = "buffalo_l", root: Path
     return "insightface" if insightface_available(pack, root) else "mediapipe"
 
 
-def analyse_identity(image: np.ndarray, backend: str = "auto", *, pack: str = "buffalo_l",
-                     root: Path | None = None, providers: list[str] | None = None,
-                     refuse_multiple: bool = False, min_face_px: int = 48) -> FaceResult:
+def analyse_identity(
+    image: np.ndarray,
+    backend: str = "auto",
+    *,
+    pack: str = "buffalo_l",
+    root: Path | None = None,
+    providers: list[str] | None = None,
+    refuse_multiple: bool = False,
+    min_face_px: int = 48,
+) -> FaceResult:
     """Find and measure the face in an ``[H, W, 3]`` uint8 RGB photo.
 
     ``backend``: ``"auto"`` (insightface if installed, else mediapipe), ``"insightface"`` or
@@ -231,8 +260,9 @@ def analyse_identity(image: np.ndarray, backend: str = "auto", *, pack: str = "b
     """
     chosen = choose_backend(backend, pack=pack, root=root)
     if chosen == "insightface":
-        return analyse_insightface(image, pack=pack, root=root, providers=providers,
-                                   refuse_multiple=refuse_multiple, min_face_px=min_face_px)
+        return analyse_insightface(
+            image, pack=pack, root=root, providers=providers, refuse_multiple=refuse_multiple, min_face_px=min_face_px
+        )
     return from_face_analysis(analyse_face(image, refuse_multiple=refuse_multiple, min_face_px=min_face_px))
 
 

@@ -19,6 +19,7 @@ The indices were checked against MediaPipe's own groups (``FACEMESH_LEFT_EYE``,
 face_mesh_connections``) and against the geometry found on the demo photo; the tests
 repeat both checks.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,20 +31,20 @@ from backend.face.detect import box_iou
 N_LANDMARKS = 478
 
 LANDMARKS: dict[str, int] = {
-    "forehead": 10,            # top of the mesh, mid-forehead (below the hairline)
-    "nose_bridge": 168,        # between the eyes
-    "nose_tip": 1,             # pronasale (vertex 4, just above it, is sometimes nearer the camera)
-    "nose_bottom": 2,          # subnasale, where the nose meets the upper lip
-    "upper_lip": 0,            # top of the upper lip, on the midline
+    "forehead": 10,  # top of the mesh, mid-forehead (below the hairline)
+    "nose_bridge": 168,  # between the eyes
+    "nose_tip": 1,  # pronasale (vertex 4, just above it, is sometimes nearer the camera)
+    "nose_bottom": 2,  # subnasale, where the nose meets the upper lip
+    "upper_lip": 0,  # top of the upper lip, on the midline
     "mouth_upper_inner": 13,
     "mouth_lower_inner": 14,
-    "lower_lip": 17,           # bottom of the lower lip, on the midline
-    "chin": 152,               # bottom of the mesh
+    "lower_lip": 17,  # bottom of the lower lip, on the midline
+    "chin": 152,  # bottom of the mesh
     "left_eye_outer": 263,
     "left_eye_inner": 362,
-    "left_eye_top": 386,       # upper lid, mid-eye
-    "left_eye_bottom": 374,    # lower lid, mid-eye
-    "left_iris": 473,          # iris centre
+    "left_eye_top": 386,  # upper lid, mid-eye
+    "left_eye_bottom": 374,  # lower lid, mid-eye
+    "left_iris": 473,  # iris centre
     "right_eye_outer": 33,
     "right_eye_inner": 133,
     "right_eye_top": 159,
@@ -53,11 +54,11 @@ LANDMARKS: dict[str, int] = {
     "left_brow_inner": 336,
     "right_brow_outer": 70,
     "right_brow_inner": 107,
-    "mouth_left": 291,         # mouth corner
+    "mouth_left": 291,  # mouth corner
     "mouth_right": 61,
-    "left_cheek": 454,         # widest point of the face oval at eye level (toward the ear)
+    "left_cheek": 454,  # widest point of the face oval at eye level (toward the ear)
     "right_cheek": 234,
-    "left_jaw": 397,           # jaw angle, on the face oval below the mouth corner
+    "left_jaw": 397,  # jaw angle, on the face oval below the mouth corner
     "right_jaw": 172,
 }
 
@@ -65,10 +66,44 @@ LANDMARKS: dict[str, int] = {
 # subject's left cheek (454), the chin (152) and the right cheek (234). In an unmirrored
 # photo (y down) that runs clockwise on screen. Same 36 points as FACEMESH_FACE_OVAL.
 FACE_OVAL: list[int] = [
-    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+    10,
+    338,
+    297,
+    332,
+    284,
+    251,
+    389,
+    356,
+    454,
+    323,
+    361,
+    288,
+    397,
+    365,
+    379,
+    378,
+    400,
+    377,
+    152,
+    148,
+    176,
+    149,
+    150,
+    136,
+    172,
+    58,
+    132,
+    93,
+    234,
+    127,
+    162,
+    21,
+    54,
+    103,
+    67,
+    109,
 ]
-LEFT_IRIS: list[int] = [473, 474, 475, 476, 477]   # centre first, then the ring
+LEFT_IRIS: list[int] = [473, 474, 475, 476, 477]  # centre first, then the ring
 RIGHT_IRIS: list[int] = [468, 469, 470, 471, 472]
 
 # The crop handed to the mesh graph: this many times the detector box's longer side, at

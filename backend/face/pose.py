@@ -21,6 +21,7 @@ axes. Sign conventions:
 This is a rough estimate: MediaPipe's z is a learnt relative depth, not a measurement, and
 the head frame comes from a few landmarks rather than a fitted template.
 """
+
 from __future__ import annotations
 
 import math

@@ -49,10 +49,11 @@ Usage::
     optimise(model, LoopConfig(steps=3000, absgrad=True), sample_views, terms, strategy)
     model.set_vertices(deformed_vertices)                          # Gaussians follow
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,7 @@ __all__ = [
     "BOUND_LR_PRESETS",
 ]
 
-Params = Union[Dict[str, torch.nn.Parameter], torch.nn.ParameterDict]
+Params = dict[str, torch.nn.Parameter] | torch.nn.ParameterDict
 
 # Non-trainable per-Gaussian entries of the ParameterDict.
 BINDING_KEYS = ("tri_ids", "tri_scale")
@@ -91,9 +92,13 @@ BINDING_KEYS = ("tri_ids", "tri_scale")
 # scaling 1.7e-2, rotation 1e-3, opacity 0.05, colour 2.5e-3); the position rate decays to
 # 0.01x its initial value over the run (METHOD B.2, Instax3D Sec. 4 implementation details).
 BOUND_LR_PRESETS: dict[str, LearningRates] = {
-    "instax": LearningRates(means=5e-3, means_final=5e-5, quats=1e-3, scales=1.7e-2, opacities=0.05, sh0=2.5e-3, shN=2.5e-3 / 20),
+    "instax": LearningRates(
+        means=5e-3, means_final=5e-5, quats=1e-3, scales=1.7e-2, opacities=0.05, sh0=2.5e-3, shN=2.5e-3 / 20
+    ),
     # ours: short CPU runs (a few hundred steps), so colours and opacities move faster
-    "instax_fast": LearningRates(means=1e-2, means_final=1e-4, quats=2e-3, scales=2e-2, opacities=0.05, sh0=0.02, shN=0.001),
+    "instax_fast": LearningRates(
+        means=1e-2, means_final=1e-4, quats=2e-3, scales=2e-2, opacities=0.05, sh0=0.02, shN=0.001
+    ),
 }
 
 
@@ -146,10 +151,42 @@ def rotmat_to_quat(R: Tensor) -> Tensor:
     m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
     cands = torch.stack(
         [
-            torch.stack([1 + m00 + m11 + m22, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-            torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-            torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22, m[..., 1, 2] + m[..., 2, 1]], -1),
-            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m00 - m11 + m22], -1),
+            torch.stack(
+                [
+                    1 + m00 + m11 + m22,
+                    m[..., 2, 1] - m[..., 1, 2],
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 1, 0] - m[..., 0, 1],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 2, 1] - m[..., 1, 2],
+                    1 + m00 - m11 - m22,
+                    m[..., 0, 1] + m[..., 1, 0],
+                    m[..., 0, 2] + m[..., 2, 0],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 0, 1] + m[..., 1, 0],
+                    1 - m00 + m11 - m22,
+                    m[..., 1, 2] + m[..., 2, 1],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 1, 0] - m[..., 0, 1],
+                    m[..., 0, 2] + m[..., 2, 0],
+                    m[..., 1, 2] + m[..., 2, 1],
+                    1 - m00 - m11 + m22,
+                ],
+                -1,
+            ),
         ],
         dim=-2,
     )  # [..., 4 branches, 4]; branch k's k-th entry is 4 q_k^2
@@ -242,7 +279,14 @@ class BoundGaussianModel(GaussianModel):
     exponentially from ``lrs.means`` to ``lrs.means_final`` (``GaussianModel.means_lr``).
     """
 
-    def __init__(self, params: torch.nn.ParameterDict, vertices: Tensor, faces: Tensor, lrs: LearningRates, total_steps: int = 3000):
+    def __init__(
+        self,
+        params: torch.nn.ParameterDict,
+        vertices: Tensor,
+        faces: Tensor,
+        lrs: LearningRates,
+        total_steps: int = 3000,
+    ):
         self.params = params
         self.lrs = lrs
         self.total_steps = max(int(total_steps), 1)
@@ -339,7 +383,9 @@ def bind(
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
     if isinstance(lrs, str):
         lrs = BOUND_LR_PRESETS[lrs]
-    v = torch.as_tensor(np.asarray(vertices.detach().cpu() if isinstance(vertices, Tensor) else vertices, dtype=np.float32))
+    v = torch.as_tensor(
+        np.asarray(vertices.detach().cpu() if isinstance(vertices, Tensor) else vertices, dtype=np.float32)
+    )
     f_np = np.asarray(faces.detach().cpu() if isinstance(faces, Tensor) else faces, dtype=np.int64)
     f = torch.as_tensor(f_np)
     fr = triangle_frames(v.double(), f)
@@ -348,7 +394,9 @@ def bind(
     tri = torch.arange(n_f).repeat_interleave(per_triangle)  # [N]
     pts = torch.einsum("nk,nkd->nd", bary, v.double()[f[tri]])
     dmu = torch.einsum("nji,nj->ni", fr.rotations[tri], pts - fr.centroids[tri]) / fr.scales[tri, None].clamp_min(1e-12)
-    area = 0.5 * torch.linalg.cross(v.double()[f[:, 1]] - v.double()[f[:, 0]], v.double()[f[:, 2]] - v.double()[f[:, 0]]).norm(dim=-1)
+    area = 0.5 * torch.linalg.cross(
+        v.double()[f[:, 1]] - v.double()[f[:, 0]], v.double()[f[:, 2]] - v.double()[f[:, 0]]
+    ).norm(dim=-1)
     sigma = scale_factor * torch.sqrt(area / per_triangle)  # [F] world std-dev
     ds = torch.log((sigma / fr.scales.clamp_min(1e-12)).clamp_min(1e-6))[tri]
     n = len(tri)
@@ -396,7 +444,7 @@ class BoundStrategy(DefaultStrategy):
     """
 
     @torch.no_grad()
-    def _grow_gs(self, params: Params, optimizers, state: Dict[str, Any], step: int) -> Tuple[int, int]:
+    def _grow_gs(self, params: Params, optimizers, state: dict[str, Any], step: int) -> tuple[int, int]:
         grads = state["grad2d"] / state["count"].clamp_min(1)
         is_grad_high = grads > self.grow_grad2d
         is_small = world_max_scale(params) <= self.grow_scale3d * state["scene_scale"]
@@ -411,11 +459,13 @@ class BoundStrategy(DefaultStrategy):
         if n_split > 0:
             # copies appended by the clone are not split
             is_split = torch.cat([is_split, is_split.new_zeros(n_dupli)])
-            split(params=params, optimizers=optimizers, state=state, mask=is_split, revised_opacity=self.revised_opacity)
+            split(
+                params=params, optimizers=optimizers, state=state, mask=is_split, revised_opacity=self.revised_opacity
+            )
         return n_dupli, n_split
 
     @torch.no_grad()
-    def _prune_gs(self, params: Params, optimizers, state: Dict[str, Any], step: int) -> int:
+    def _prune_gs(self, params: Params, optimizers, state: dict[str, Any], step: int) -> int:
         is_prune = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa
         if step > self.reset_every:
             is_too_big = world_max_scale(params) > self.prune_scale3d * state["scene_scale"]
@@ -443,8 +493,12 @@ def make_bound_strategy(name: str, **overrides: Any) -> BoundStrategy:
     elif name in STRATEGY_KINDS:
         kind, settings = name, {}
     else:
-        raise ValueError(f"unknown densification strategy {name!r}; choose one of {sorted(STRATEGY_KINDS) + sorted(PRESETS)}")
+        raise ValueError(
+            f"unknown densification strategy {name!r}; choose one of {sorted(STRATEGY_KINDS) + sorted(PRESETS)}"
+        )
     cls, kind_defaults = STRATEGY_KINDS[kind]
     if cls is not DefaultStrategy:
-        raise ValueError(f"strategy {name!r} ({cls.__name__}) has no triangle-bound variant; use 'default', 'absgrad' or an absgrad preset")
+        raise ValueError(
+            f"strategy {name!r} ({cls.__name__}) has no triangle-bound variant; use 'default', 'absgrad' or an absgrad preset"
+        )
     return BoundStrategy(**{**kind_defaults, **settings, **overrides})

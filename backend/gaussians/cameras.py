@@ -22,10 +22,11 @@ Usage::
     sampler = MultiViewSampler((0.5, 0.7), (-10, 30), (30, 45), 256, 256, seed=0)
     cams = sampler.sample(step)          # 4 views, 90 deg apart (METHOD A.5)
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -64,14 +65,12 @@ class Cameras:
         if self.viewmats.ndim != 3 or self.viewmats.shape[1:] != (4, 4):
             raise ValueError(f"viewmats must be [C, 4, 4], got {tuple(self.viewmats.shape)}")
         if self.Ks.shape != (self.viewmats.shape[0], 3, 3):
-            raise ValueError(
-                f"Ks must be [C, 3, 3] with C={self.viewmats.shape[0]}, got {tuple(self.Ks.shape)}"
-            )
+            raise ValueError(f"Ks must be [C, 3, 3] with C={self.viewmats.shape[0]}, got {tuple(self.Ks.shape)}")
 
     def __len__(self) -> int:
         return self.viewmats.shape[0]
 
-    def __getitem__(self, index: int | slice | Tensor) -> "Cameras":
+    def __getitem__(self, index: int | slice | Tensor) -> Cameras:
         """Select cameras; an int keeps the batch dimension (C = 1)."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
@@ -88,7 +87,7 @@ class Cameras:
             radius=pick(self.radius),
         )
 
-    def to(self, device: torch.device | str) -> "Cameras":
+    def to(self, device: torch.device | str) -> Cameras:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
 
@@ -116,7 +115,7 @@ class Cameras:
         return torch.linalg.inv(self.viewmats)
 
     @staticmethod
-    def cat(cams: Sequence["Cameras"]) -> "Cameras":
+    def cat(cams: Sequence[Cameras]) -> Cameras:
         """Concatenate batches that share one image size."""
         if len({(c.width, c.height) for c in cams}) != 1:
             raise ValueError("Cameras.cat needs one image size for all batches")
@@ -208,8 +207,7 @@ def spherical_cameras(
     See the module docstring for the azimuth / elevation convention.
     """
     az, el, r, fov = torch.broadcast_tensors(
-        *(torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in
-          (azimuth_deg, elevation_deg, radius, fov_y_deg))
+        *(torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in (azimuth_deg, elevation_deg, radius, fov_y_deg))
     )
     a, e = torch.deg2rad(az), torch.deg2rad(el)
     target_t = torch.as_tensor(target, dtype=torch.float64)
@@ -329,8 +327,14 @@ class MultiViewSampler(RandomViewSampler):
         target: Sequence[float] = (0.0, 0.0, 0.0),
     ) -> None:
         super().__init__(
-            radius_range, elevation_range_deg, azimuth_range_deg, fov_range_deg,
-            width, height, seed, target,
+            radius_range,
+            elevation_range_deg,
+            azimuth_range_deg,
+            fov_range_deg,
+            width,
+            height,
+            seed,
+            target,
         )
         self.n_views = int(n_views)
 
@@ -359,4 +363,3 @@ class MultiViewSampler(RandomViewSampler):
 def fov_y_deg(K: Tensor, height: int) -> Tensor:
     """Vertical field of view (degrees) of intrinsics [..., 3, 3]; inverse of intrinsics_from_fov."""
     return torch.rad2deg(2.0 * torch.atan((height / 2.0) / K[..., 1, 1]))
-

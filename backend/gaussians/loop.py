@@ -11,11 +11,12 @@
 A *term* is any callable ``(out, cams, step) -> {"loss_name": tensor}``; adding a loss
 never edits this loop. A *strategy* is a gsplat ``Strategy`` (``backend.gaussians.strategies``).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 
@@ -41,8 +42,16 @@ def render_model(model: GaussianModel, cams, background=None, absgrad: bool = Fa
     sh = model.sh_degree
     colors = model.sh_coeffs if sh > 0 else model.rgb_dc
     return render(
-        model.means, model.quats, model.scales, model.opacities, colors, cams,
-        sh_degree=sh if sh > 0 else None, background=background, absgrad=absgrad, **kw,
+        model.means,
+        model.quats,
+        model.scales,
+        model.opacities,
+        colors,
+        cams,
+        sh_degree=sh if sh > 0 else None,
+        background=background,
+        absgrad=absgrad,
+        **kw,
     )
 
 

@@ -1,4 +1,5 @@
 """Photometric losses and image metrics on [..., H, W, 3] tensors in [0, 1]."""
+
 from __future__ import annotations
 
 import functools

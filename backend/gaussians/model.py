@@ -9,6 +9,7 @@ Parameters follow gsplat's names so its strategies work unchanged:
     sh0       [N, 1, 3]  SH DC; rgb = 0.5 + C0 * sh0
     shN       [N, K, 3]  higher SH bands (K = 0 when sh_degree = 0)
 """
+
 from __future__ import annotations
 
 import math
@@ -36,9 +37,13 @@ class LearningRates:
 LR_PRESETS: dict[str, LearningRates] = {
     # METHOD A.2 (SAS, Sec. 4 implementation details): opacity 0.05, colour 0.01,
     # rotation 0.001, scale 0.001; position 1e-3 -> 1e-4 exponentially over training.
-    "paper": LearningRates(means=1e-3, means_final=1e-4, quats=1e-3, scales=1e-3, opacities=0.05, sh0=0.01, shN=0.01 / 20),
+    "paper": LearningRates(
+        means=1e-3, means_final=1e-4, quats=1e-3, scales=1e-3, opacities=0.05, sh0=0.01, shN=0.01 / 20
+    ),
     # METHOD B.2 (Instax3D): position decays to 0.01x its initial value.
-    "instax": LearningRates(means=1.6e-4, means_final=1.6e-6, quats=1e-3, scales=5e-3, opacities=0.05, sh0=2.5e-3, shN=2.5e-3 / 20),
+    "instax": LearningRates(
+        means=1.6e-4, means_final=1.6e-6, quats=1e-3, scales=5e-3, opacities=0.05, sh0=2.5e-3, shN=2.5e-3 / 20
+    ),
     # Photo pipeline: few hundred steps, so colours and scales move faster than the paper's 3000-step run.
     "photo": LearningRates(means=4e-4, means_final=4e-5, quats=2e-3, scales=5e-3, opacities=0.05, sh0=0.02, shN=0.001),
 }
@@ -60,8 +65,13 @@ class GaussianModel:
     # ---------------------------------------------------------------- creation
     @classmethod
     def from_splats(
-        cls, splats: SplatArrays, lrs: LearningRates | str = "paper", total_steps: int = 3000, device="cpu", sh_degree: int | None = None
-    ) -> "GaussianModel":
+        cls,
+        splats: SplatArrays,
+        lrs: LearningRates | str = "paper",
+        total_steps: int = 3000,
+        device="cpu",
+        sh_degree: int | None = None,
+    ) -> GaussianModel:
         if isinstance(lrs, str):
             lrs = LR_PRESETS[lrs]
         s = splats.astype(np.float32)

@@ -4,6 +4,7 @@ The reading, writing and axis conversion live in ``blender_addon/core`` (``splat
 ``frames``) so that the Blender add-on uses the very same code; this module adds the
 backend's conveniences around :class:`~backend.gaussians.model.GaussianModel`.
 """
+
 from __future__ import annotations
 
 import os

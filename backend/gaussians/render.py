@@ -19,16 +19,16 @@ Its cost is proportional to the (pixel, splat) pairs inside each splat's box, no
 depth, and get each pair's transmittance from a segmented cumulative sum of log(1 - alpha).
 An optional no-grad pre-pass drops each pixel's hidden tail before the differentiable pass.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from blender_addon.core.sh import sh_basis_terms
 from blender_addon.core.splat_arrays import SH_C0
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for annotations; any object with viewmats, Ks, width, height works
     from .cameras import Cameras
@@ -78,7 +78,18 @@ def render(
         backend = "gsplat" if gsplat_available(means.device) else "torch"
     if backend == "gsplat":
         return _render_gsplat(
-            means, quats, scales, opacities, colors, cameras, sh_degree, background, near_plane, far_plane, eps2d, absgrad
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            cameras,
+            sh_degree,
+            background,
+            near_plane,
+            far_plane,
+            eps2d,
+            absgrad,
         )
     if backend != "torch":
         raise ValueError(f"unknown render backend {backend!r}")
@@ -86,7 +97,19 @@ def render(
     if sh_degree is not None:
         rgb_per_cam = [eval_sh(colors, means, cameras.camera_centers()[c], sh_degree) for c in range(len(cameras))]
     return _render_torch(
-        means, quats, scales, opacities, colors, rgb_per_cam, cameras, background, near_plane, far_plane, eps2d, absgrad, cull_hidden
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        rgb_per_cam,
+        cameras,
+        background,
+        near_plane,
+        far_plane,
+        eps2d,
+        absgrad,
+        cull_hidden,
     )
 
 
@@ -124,9 +147,15 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
     return torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     ).reshape(-1, 3, 3)
@@ -211,7 +240,9 @@ def _composite_weights(alpha_raw, pix):
     return (alpha * T.to(alpha.dtype)) * alive, alive, T
 
 
-def _render_torch(means, quats, scales, opacities, colors, rgb_per_cam, cameras, background, near, far, eps2d, absgrad, cull_hidden):
+def _render_torch(
+    means, quats, scales, opacities, colors, rgb_per_cam, cameras, background, near, far, eps2d, absgrad, cull_hidden
+):
     C, W, H = len(cameras), cameras.width, cameras.height
     N = means.shape[0]
     dev = means.device

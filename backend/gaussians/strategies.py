@@ -35,10 +35,11 @@ gsplat 1.5.3 quirks worth knowing (tests pin them):
 - Scale thresholds (``grow_scale3d``, ``prune_scale3d``) are multiplied by
   ``state["scene_scale"]``; we keep ``scene_scale = 1`` so they read in metres.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,14 +64,14 @@ __all__ = [
     "displaced_split",
 ]
 
-Params = Union[Dict[str, torch.nn.Parameter], torch.nn.ParameterDict]
-Optimizers = Dict[str, torch.optim.Optimizer]
+Params = dict[str, torch.nn.Parameter] | torch.nn.ParameterDict
+Optimizers = dict[str, torch.optim.Optimizer]
 
 
 # ----------------------------------------------------------------------------- geometry
 
 
-def knn(points: Tensor, queries: Tensor, k: int, chunk_elems: int = 1 << 25) -> Tuple[Tensor, Tensor]:
+def knn(points: Tensor, queries: Tensor, k: int, chunk_elems: int = 1 << 25) -> tuple[Tensor, Tensor]:
     """The k nearest ``points`` [N, 3] of each query [M, 3] -> (distances [M, k], indices [M, k]).
 
     Sorted nearest first. CPU: scipy's cKDTree. Other devices: ``torch.cdist`` in query chunks
@@ -90,11 +91,11 @@ def knn(points: Tensor, queries: Tensor, k: int, chunk_elems: int = 1 << 25) -> 
     return _knn_cdist(points, queries, k, chunk_elems)
 
 
-def _knn_cdist(points: Tensor, queries: Tensor, k: int, chunk_elems: int = 1 << 25) -> Tuple[Tensor, Tensor]:
+def _knn_cdist(points: Tensor, queries: Tensor, k: int, chunk_elems: int = 1 << 25) -> tuple[Tensor, Tensor]:
     chunk = max(1, chunk_elems // max(len(points), 1))
     dists, idxs = [], []
     for start in range(0, len(queries), chunk):
-        q = queries[start:start + chunk]
+        q = queries[start : start + chunk]
         _, idx = torch.cdist(q, points).topk(k, dim=1, largest=False)  # [m, k]
         # cdist's matmul form loses digits for small distances; recompute them exactly
         dists.append((points[idx] - q[:, None]).norm(dim=-1))
@@ -102,9 +103,7 @@ def _knn_cdist(points: Tensor, queries: Tensor, k: int, chunk_elems: int = 1 << 
     return torch.cat(dists), torch.cat(idxs)
 
 
-def pca_normals(
-    points: Tensor, index: Tensor, k: int = 6, radius: float | None = None
-) -> Tuple[Tensor, Tensor]:
+def pca_normals(points: Tensor, index: Tensor, k: int = 6, radius: float | None = None) -> tuple[Tensor, Tensor]:
     """PCA normals of ``points[index]`` from their k nearest neighbours (SAS Eq. 7).
 
     ``Sigma_n = cov(x' - x)`` over the k nearest other centres x' (optionally only those within
@@ -151,9 +150,7 @@ def surface_normals(params: Params, index: Tensor, k: int = 6, radius: float | N
     return normals
 
 
-def gaussian_offsets(
-    params: Params, index: Tensor, n_samples: int, generator: torch.Generator | None = None
-) -> Tensor:
+def gaussian_offsets(params: Params, index: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
     """Offsets ``d ~ N(0, s_old)`` [n_samples, M, 3], drawn in each Gaussian's frame (3DGS split).
 
     Draws ``torch.randn(n_samples, M, 3)`` exactly as gsplat's ``split`` does, so under the same
@@ -175,7 +172,7 @@ def project_to_tangent(offsets: Tensor, normals: Tensor) -> Tensor:
 
 @torch.no_grad()
 def displaced_duplicate(
-    params: Params, optimizers: Optimizers, state: Dict[str, Any], mask: Tensor, offsets: Tensor
+    params: Params, optimizers: Optimizers, state: dict[str, Any], mask: Tensor, offsets: Tensor
 ) -> None:
     """gsplat's ``duplicate`` with the copies moved by ``offsets`` [M, 3] (M = mask.sum()).
 
@@ -201,7 +198,7 @@ def displaced_duplicate(
 def displaced_split(
     params: Params,
     optimizers: Optimizers,
-    state: Dict[str, Any],
+    state: dict[str, Any],
     mask: Tensor,
     offsets: Tensor,
     revised_opacity: bool = False,
@@ -267,7 +264,7 @@ class SurfaceGuidedStrategy(DefaultStrategy):
     paper_clone_split_order: bool = False
 
     @torch.no_grad()
-    def _grow_gs(self, params: Params, optimizers: Optimizers, state: Dict[str, Any], step: int) -> Tuple[int, int]:
+    def _grow_gs(self, params: Params, optimizers: Optimizers, state: dict[str, Any], step: int) -> tuple[int, int]:
         grads = state["grad2d"] / state["count"].clamp_min(1)
         is_grad_high = grads > self.grow_grad2d
         is_small = torch.exp(params["scales"]).max(dim=-1).values <= self.grow_scale3d * state["scene_scale"]
@@ -302,7 +299,7 @@ class SurfaceGuidedStrategy(DefaultStrategy):
 
 # ----------------------------------------------------------------------------- presets
 
-STRATEGY_KINDS: Dict[str, Tuple[type, Dict[str, Any]]] = {
+STRATEGY_KINDS: dict[str, tuple[type, dict[str, Any]]] = {
     # 3DGS clone / split / prune, gsplat's defaults
     "default": (DefaultStrategy, {}),
     # AbsGS: |dL/dmu2D| accumulated per pixel (the renderer must set means2d.absgrad);
@@ -312,35 +309,44 @@ STRATEGY_KINDS: Dict[str, Tuple[type, Dict[str, Any]]] = {
     "surface": (SurfaceGuidedStrategy, {}),
 }
 
-PRESETS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # SAS (METHOD A.2, A.3)
-    "sas_paper": ("surface", {
-        "refine_every": 100,  # A.2: densify every 100 steps
-        "grow_grad2d": 0.0002,  # A.2: beta_E, threshold on E (Eq. 4)
-        "grow_scale3d": 0.01,  # A.3: clone/split scale threshold, metres (scene_scale = 1)
-        "knn_k": 6,  # A.3 / Eq. 7: 6 nearest neighbours
-        "normal_radius": None,  # A.3: the paper's 0.01 radius is an option, off
-        "paper_clone_split_order": False,  # A.3: we follow 3DGS (split large, clone small)
-        "refine_start_iter": 500,  # not in the paper: gsplat / 3DGS default
-        "refine_stop_iter": 3000,  # A.2: 3000 iterations, densify throughout
-        "reset_every": 3000,  # not in the paper: no reset inside the 3000-step run
-    }),
+    "sas_paper": (
+        "surface",
+        {
+            "refine_every": 100,  # A.2: densify every 100 steps
+            "grow_grad2d": 0.0002,  # A.2: beta_E, threshold on E (Eq. 4)
+            "grow_scale3d": 0.01,  # A.3: clone/split scale threshold, metres (scene_scale = 1)
+            "knn_k": 6,  # A.3 / Eq. 7: 6 nearest neighbours
+            "normal_radius": None,  # A.3: the paper's 0.01 radius is an option, off
+            "paper_clone_split_order": False,  # A.3: we follow 3DGS (split large, clone small)
+            "refine_start_iter": 500,  # not in the paper: gsplat / 3DGS default
+            "refine_stop_iter": 3000,  # A.2: 3000 iterations, densify throughout
+            "reset_every": 3000,  # not in the paper: no reset inside the 3000-step run
+        },
+    ),
     # Instax3D construction (METHOD B.2)
-    "instax_paper": ("absgrad", {
-        "refine_every": 1000,  # B.2 (Eq. 7-8): densify every 1000 steps
-        "grow_grad2d": 0.0002,  # B.2: paper's threshold (gsplat suggests ~0.0008 with absgrad)
-        "refine_start_iter": 500,  # not in the paper: gsplat / 3DGS default
-        "refine_stop_iter": 15_000,  # not in the paper: 3DGS default (run is 20,000, B.2)
-        "reset_every": 3000,  # not in the paper: 3DGS default (never fires in gsplat 1.5.3)
-    }),
+    "instax_paper": (
+        "absgrad",
+        {
+            "refine_every": 1000,  # B.2 (Eq. 7-8): densify every 1000 steps
+            "grow_grad2d": 0.0002,  # B.2: paper's threshold (gsplat suggests ~0.0008 with absgrad)
+            "refine_start_iter": 500,  # not in the paper: gsplat / 3DGS default
+            "refine_stop_iter": 15_000,  # not in the paper: 3DGS default (run is 20,000, B.2)
+            "reset_every": 3000,  # not in the paper: 3DGS default (never fires in gsplat 1.5.3)
+        },
+    ),
     # ours: the weight-free photo pipeline (METHOD C), a short CPU fit; provisional
-    "photo": ("absgrad", {
-        "refine_every": 100,
-        "grow_grad2d": 0.0008,  # gsplat's absgrad suggestion
-        "refine_start_iter": 100,
-        "refine_stop_iter": 1000,
-        "reset_every": 100_000,  # no opacity reset or too-big pruning in a short fit
-    }),
+    "photo": (
+        "absgrad",
+        {
+            "refine_every": 100,
+            "grow_grad2d": 0.0008,  # gsplat's absgrad suggestion
+            "refine_start_iter": 100,
+            "refine_stop_iter": 1000,
+            "reset_every": 100_000,  # no opacity reset or too-big pruning in a short fit
+        },
+    ),
 }
 
 

@@ -4,6 +4,7 @@ Notation follows METHOD A.4: ``ᾱ_t`` is the scheduler's ``alphas_cumprod[t]``,
 ``z_t = sqrt(ᾱ_t) z + sqrt(1 − ᾱ_t) ε`` and the one-step estimate of the clean latent is
 ``x̂0 = (z_t − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t)`` (Eq. 12 written with α_t = 1, β_t = −σ_t/α_t).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ class TimestepSchedule:
         n = self.num_train_timesteps
         return int(lo * n), int(hi * n)
 
-    def sample(self, step: int, batch: int = 1, *, generator: torch.Generator | None = None,
-               device: torch.device | str = "cpu") -> Tensor:
+    def sample(
+        self, step: int, batch: int = 1, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> Tensor:
         """``batch`` integer timesteps in ``[lo, hi]`` for this iteration (on ``device``)."""
         lo, hi = self.bounds(step)
         t = torch.randint(lo, hi + 1, (batch,), generator=generator)

@@ -23,6 +23,7 @@ Usage::
 
     cond = control_images(lm3d, cams)     # [C, 3, H, W] float in [0, 1], ControlNet input
 """
+
 from __future__ import annotations
 
 import functools
@@ -86,13 +87,14 @@ def draw_landmarks(points: np.ndarray, width: int, height: int) -> np.ndarray:
     px[ok, 1] = np.minimum(np.floor(pts[ok, 1] * height), height - 1)
     for i, j, rgb in face_edges():
         if ok[i] and ok[j]:
-            cv2.line(img, (int(px[i, 0]), int(px[i, 1])), (int(px[j, 0]), int(px[j, 1])), rgb,
-                     LINE_THICKNESS, cv2.LINE_8)
+            cv2.line(
+                img, (int(px[i, 0]), int(px[i, 1])), (int(px[j, 0]), int(px[j, 1])), rgb, LINE_THICKNESS, cv2.LINE_8
+            )
     h = PUPIL_HALF_WIDTH
     for k, rgb in PUPIL_COLOURS.items():
         if ok[k] and pts[k, 0] < 1.0 and pts[k, 1] < 1.0:
             x, y = int(px[k, 0]), int(px[k, 1])
-            img[max(y - h, 0):y + h, max(x - h, 0):x + h] = rgb
+            img[max(y - h, 0) : y + h, max(x - h, 0) : x + h] = rgb
     return img
 
 
@@ -120,8 +122,13 @@ def facing_angle_deg(landmarks: Tensor, cams: Cameras, forward=HEAD_FORWARD) -> 
     return torch.rad2deg(torch.arccos((to_cam @ fwd).clamp(-1.0, 1.0)))
 
 
-def control_images(landmarks: Tensor | np.ndarray, cams: Cameras, *,
-                   facing_threshold_deg: float = FACING_THRESHOLD_DEG, forward=HEAD_FORWARD) -> Tensor:
+def control_images(
+    landmarks: Tensor | np.ndarray,
+    cams: Cameras,
+    *,
+    facing_threshold_deg: float = FACING_THRESHOLD_DEG,
+    forward=HEAD_FORWARD,
+) -> Tensor:
     """ControlNet condition images [C, 3, H, W] float32 in [0, 1] (on ``cams.device``) of the
     head-frame landmarks [478, 3] seen by each camera; all zero where the face is not visible
     (see the module docstring)."""

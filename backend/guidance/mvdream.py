@@ -61,11 +61,12 @@ Usage::
                            device="cuda", dtype=torch.float16)
     cfg = LoopConfig(steps=3000, weights={"loss_mvdream": MVDREAM_WEIGHT, ...})
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -137,8 +138,9 @@ class ResBlock(nn.Module):
         super().__init__()
         self.in_layers = nn.Sequential(GroupNorm32(_GROUPS, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
-        self.out_layers = nn.Sequential(GroupNorm32(_GROUPS, c_out), nn.SiLU(), nn.Dropout(0.0),
-                                        nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(_GROUPS, c_out), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(c_out, c_out, 3, padding=1)
+        )
         self.skip_connection = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -220,11 +222,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor, num_frames: int, cross_view: bool) -> Tensor:
-        bf, l, c = x.shape
+        bf, tokens, c = x.shape
         views = num_frames if cross_view else 1
-        x = x.reshape(bf // views, views * l, c)  # (b f) l c -> b (f l) c
+        x = x.reshape(bf // views, views * tokens, c)  # (b f) l c -> b (f l) c
         x = self.attn1(self.norm1(x)) + x
-        x = x.reshape(bf, l, c)
+        x = x.reshape(bf, tokens, c)
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
@@ -240,7 +242,8 @@ class SpatialTransformer(nn.Module):
         self.norm = nn.GroupNorm(_GROUPS, ch, eps=1e-6)
         self.proj_in = nn.Linear(ch, inner) if use_linear else nn.Conv2d(ch, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth))
+            BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
+        )
         self.proj_out = nn.Linear(inner, ch) if use_linear else nn.Conv2d(inner, ch, 1)
 
     def forward(self, x: Tensor, context: Tensor, num_frames: int, cross_view: bool) -> Tensor:
@@ -281,10 +284,22 @@ class MultiViewUNet(nn.Module):
     Input ``x`` is ``[B·V, 4, h, w]`` with the V views of one object consecutive.
     """
 
-    def __init__(self, *, in_channels: int, out_channels: int, model_channels: int,
-                 channel_mult: Sequence[int], num_res_blocks: int, attention_resolutions: Sequence[int],
-                 num_head_channels: int, context_dim: int, camera_dim: int = 16, transformer_depth: int = 1,
-                 use_linear_in_transformer: bool = True, num_frames: int = 4):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        out_channels: int,
+        model_channels: int,
+        channel_mult: Sequence[int],
+        num_res_blocks: int,
+        attention_resolutions: Sequence[int],
+        num_head_channels: int,
+        context_dim: int,
+        camera_dim: int = 16,
+        transformer_depth: int = 1,
+        use_linear_in_transformer: bool = True,
+        num_frames: int = 4,
+    ):
         super().__init__()
         C, E = model_channels, 4 * model_channels
         self.model_channels = C
@@ -293,8 +308,14 @@ class MultiViewUNet(nn.Module):
         self.camera_embed = nn.Sequential(nn.Linear(camera_dim, E), nn.SiLU(), nn.Linear(E, E))
 
         def transformer(ch: int) -> SpatialTransformer:
-            return SpatialTransformer(ch, ch // num_head_channels, num_head_channels, context_dim,
-                                      transformer_depth, use_linear_in_transformer)
+            return SpatialTransformer(
+                ch,
+                ch // num_head_channels,
+                num_head_channels,
+                context_dim,
+                transformer_depth,
+                use_linear_in_transformer,
+            )
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, C, 3, padding=1))])
         chans, ch, ds = [C], C, 1
@@ -325,20 +346,32 @@ class MultiViewUNet(nn.Module):
         self.out = nn.Sequential(GroupNorm32(_GROUPS, ch), nn.SiLU(), nn.Conv2d(C, out_channels, 3, padding=1))
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "MultiViewUNet":
+    def from_config(cls, cfg: dict) -> MultiViewUNet:
         """Build from an LDM/``unet/config.json`` dict (unused keys such as ``image_size`` ignored)."""
         return cls(
-            in_channels=cfg["in_channels"], out_channels=cfg["out_channels"], model_channels=cfg["model_channels"],
-            channel_mult=list(cfg["channel_mult"]), num_res_blocks=cfg["num_res_blocks"],
-            attention_resolutions=list(cfg["attention_resolutions"]), num_head_channels=cfg["num_head_channels"],
-            context_dim=cfg["context_dim"], camera_dim=cfg.get("camera_dim", 16),
+            in_channels=cfg["in_channels"],
+            out_channels=cfg["out_channels"],
+            model_channels=cfg["model_channels"],
+            channel_mult=list(cfg["channel_mult"]),
+            num_res_blocks=cfg["num_res_blocks"],
+            attention_resolutions=list(cfg["attention_resolutions"]),
+            num_head_channels=cfg["num_head_channels"],
+            context_dim=cfg["context_dim"],
+            camera_dim=cfg.get("camera_dim", 16),
             transformer_depth=cfg.get("transformer_depth", 1),
             use_linear_in_transformer=cfg.get("use_linear_in_transformer", True),
             num_frames=cfg.get("num_frames", 4),
         )
 
-    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, camera: Tensor | None = None,
-                num_frames: int = 4, cross_view: bool = True) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        timesteps: Tensor,
+        context: Tensor,
+        camera: Tensor | None = None,
+        num_frames: int = 4,
+        cross_view: bool = True,
+    ) -> Tensor:
         """Predicted noise ``[B·V, out, h, w]``. ``cross_view=False`` makes each view attend
         only to itself (a test hook; MVDream always mixes the views)."""
         if x.shape[0] % num_frames:
@@ -358,8 +391,9 @@ class MultiViewUNet(nn.Module):
         return self.out(h).to(x.dtype)
 
 
-def build_multiview_unet(parts: MVDreamParts, *, device: torch.device | str = "cpu",
-                         dtype: torch.dtype = torch.float32) -> MultiViewUNet:
+def build_multiview_unet(
+    parts: MVDreamParts, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> MultiViewUNet:
     """The MVDream UNet with ``parts``' weights: strict load (keys and shapes checked first,
     ``ModelCorruptError`` naming the first offenders), eval mode, no gradients.
 
@@ -381,9 +415,15 @@ def build_multiview_unet(parts: MVDreamParts, *, device: torch.device | str = "c
     def few(keys: list[str]) -> str:
         return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
-    problems = [f"{n} {label}: {few(keys)}" for n, label, keys in (
-        (len(missing), "missing keys", missing), (len(unexpected), "unexpected keys", unexpected),
-        (len(wrong), "keys with the wrong shape", wrong)) if keys]
+    problems = [
+        f"{n} {label}: {few(keys)}"
+        for n, label, keys in (
+            (len(missing), "missing keys", missing),
+            (len(unexpected), "unexpected keys", unexpected),
+            (len(wrong), "keys with the wrong shape", wrong),
+        )
+        if keys
+    ]
     if problems:
         raise _corrupt("mvdream", weights, "it does not match the MVDream UNet config (" + "; ".join(problems) + ")")
     state = {k: v.to(device=device, dtype=dtype) for k, v in parts.unet_state_dict.items()}
@@ -446,10 +486,23 @@ class MVDreamGuidance:
     ``radius`` is the head's half-size in metres and ``target`` the point the cameras look at.
     """
 
-    def __init__(self, unet: MultiViewUNet, text_encoder, tokenizer, vae, scheduler, *, prompt: str,
-                 render_fn: Callable[[Cameras], RenderOutput], settings: MVDreamSettings = MVDreamSettings(),
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
-                 radius: float = HEAD_RADIUS, target: Sequence[float] = (0.0, 0.0, 0.0)):
+    def __init__(
+        self,
+        unet: MultiViewUNet,
+        text_encoder,
+        tokenizer,
+        vae,
+        scheduler,
+        *,
+        prompt: str,
+        render_fn: Callable[[Cameras], RenderOutput],
+        settings: MVDreamSettings = MVDreamSettings(),
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+        radius: float = HEAD_RADIUS,
+        target: Sequence[float] = (0.0, 0.0, 0.0),
+    ):
         self.unet, self.vae = unet, vae
         self.render_fn = render_fn
         self.settings = settings
@@ -459,16 +512,24 @@ class MVDreamGuidance:
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device)
         s = settings
         distance = s.camera_distance * radius / math.tan(math.radians(s.fov_deg) / 2)
-        self.sampler = MultiViewSampler((distance, distance), (s.elevation_deg, s.elevation_deg),
-                                        (s.fov_deg, s.fov_deg), s.resolution, s.resolution,
-                                        seed=self.seed, n_views=s.views, target=self.target)
+        self.sampler = MultiViewSampler(
+            (distance, distance),
+            (s.elevation_deg, s.elevation_deg),
+            (s.fov_deg, s.fov_deg),
+            s.resolution,
+            s.resolution,
+            seed=self.seed,
+            n_views=s.views,
+            target=self.target,
+        )
         self.text = self._embed(text_encoder, tokenizer, [prompt, ""])  # [2, 77, D]: cond, uncond
 
     def _embed(self, text_encoder, tokenizer, prompts: list[str]) -> Tensor:
         """SD2.1 text embeddings: the diffusers text encoder's last hidden state is OpenCLIP's
         penultimate layer + final LayerNorm, which MVDream's ``FrozenOpenCLIPEmbedder`` uses."""
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         with torch.no_grad():
             return text_encoder(ids.to(text_encoder.device))[0].to(self.device, self.dtype)
 

@@ -28,6 +28,7 @@ Usage::
                               identity=face.embedding, landmarks=lm3d, device="cuda", dtype=torch.float16)
     losses = term(out, cams, step)          # {"loss_sas": tensor}
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -98,9 +99,21 @@ class SDIdentityGuidance:
     z'_m)‖, the latent gradient's size times the batch) and ``visible`` [B] (views with a face).
     """
 
-    def __init__(self, sd: SD15, *, prompt: str, style: StyleStats | None, controlnet=None, identity=None,
-                 landmarks=None, taesd=None, settings: SASSettings = SASSettings(), device="cpu",
-                 dtype: torch.dtype = torch.float32, seed: int = 0):
+    def __init__(
+        self,
+        sd: SD15,
+        *,
+        prompt: str,
+        style: StyleStats | None,
+        controlnet=None,
+        identity=None,
+        landmarks=None,
+        taesd=None,
+        settings: SASSettings = SASSettings(),
+        device="cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+    ):
         if settings.encoder not in ENCODERS:
             raise ValueError(f"SASSettings.encoder must be one of {ENCODERS}, got {settings.encoder!r}")
         if settings.encoder == "taesd" and taesd is None:
@@ -109,8 +122,9 @@ class SDIdentityGuidance:
             raise ValueError("landmarks were given without the ControlNet that reads them")
         self.has_ip_adapter = getattr(sd.unet, "encoder_hid_proj", None) is not None
         if identity is not None and not self.has_ip_adapter:
-            raise ValueError("an identity embedding needs IP-Adapter-FaceID on the UNet "
-                             "(backend.models.load_ip_adapter_faceid)")
+            raise ValueError(
+                "an identity embedding needs IP-Adapter-FaceID on the UNet (backend.models.load_ip_adapter_faceid)"
+            )
         self.sd, self.style, self.controlnet, self.taesd = sd, style, controlnet, taesd
         self.settings, self.device, self.dtype, self.seed = settings, torch.device(device), dtype, seed
         self.identity = None if identity is None else _as_identity(identity).to(self.device, dtype)
@@ -121,8 +135,13 @@ class SDIdentityGuidance:
 
     @torch.no_grad()
     def _encode_text(self, prompts: list[str]) -> Tensor:
-        tok = self.sd.tokenizer(prompts, padding="max_length", max_length=self.sd.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
+        tok = self.sd.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.sd.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         ids = tok.input_ids.to(self.sd.text_encoder.device)
         return self.sd.text_encoder(ids)[0].to(self.device, self.dtype)
 
@@ -143,8 +162,13 @@ class SDIdentityGuidance:
         res = self.settings.resolution
         if rgb.shape[1:3] != (res, res):
             x = rgb.permute(0, 3, 1, 2)
-            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False,
-                              antialias=bool(x.shape[-1] > res or x.shape[-2] > res))
+            x = F.interpolate(
+                x,
+                size=(res, res),
+                mode="bilinear",
+                align_corners=False,
+                antialias=bool(x.shape[-1] > res or x.shape[-2] > res),
+            )
             rgb = x.permute(0, 2, 3, 1)
         vae = self.taesd if self.settings.encoder == "taesd" else self.sd.vae
         return encode(vae, rgb.to(self.device))
@@ -159,18 +183,26 @@ class SDIdentityGuidance:
         kwargs = {}
         if cond is not None:
             cond = cond.to(self.device, self.controlnet.dtype)
-            down, mid = self.controlnet(latent.to(self.controlnet.dtype), t_in, encoder_hidden_states=text.to(self.controlnet.dtype),
-                                        controlnet_cond=torch.cat([cond, cond]),
-                                        conditioning_scale=self.settings.control_scale, return_dict=False)
-            kwargs = {"down_block_additional_residuals": [d.to(self.dtype) for d in down],
-                      "mid_block_additional_residual": mid.to(self.dtype)}
+            down, mid = self.controlnet(
+                latent.to(self.controlnet.dtype),
+                t_in,
+                encoder_hidden_states=text.to(self.controlnet.dtype),
+                controlnet_cond=torch.cat([cond, cond]),
+                conditioning_scale=self.settings.control_scale,
+                return_dict=False,
+            )
+            kwargs = {
+                "down_block_additional_residuals": [d.to(self.dtype) for d in down],
+                "mid_block_additional_residual": mid.to(self.dtype),
+            }
         unet = self.sd.unet
         if self.identity is not None:
             set_ip_adapter_scale(unet, self.settings.ip_adapter_scale)
             e = self.identity.expand(b, 1, -1)
             embeds = torch.cat([torch.zeros_like(e), e])  # zero identity for the uncond half
-            eps = unet(latent, t_in, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": [embeds]},
-                       **kwargs).sample
+            eps = unet(
+                latent, t_in, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": [embeds]}, **kwargs
+            ).sample
         else:
             with text_only(unet, b) as zero_embeds:
                 extra = {"added_cond_kwargs": {"image_embeds": zero_embeds}} if zero_embeds is not None else {}
@@ -179,8 +211,9 @@ class SDIdentityGuidance:
         return classifier_free(eps_uncond, eps_cond, self.settings.guidance_scale)
 
     @torch.no_grad()
-    def target(self, z: Tensor, cams: Cameras, step: int, *, t: Tensor | None = None,
-               noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def target(
+        self, z: Tensor, cams: Cameras, step: int, *, t: Tensor | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(z'_m, t)``: the style-mapped one-step estimate (Eq. 12–13) for latents ``z``
         [B, 4, h, w] seen by ``cams``; ``t`` [B] and ``noise`` default to the step's draw."""
         b = z.shape[0]
@@ -199,8 +232,9 @@ class SDIdentityGuidance:
         self.last = {"t": t.detach(), "visible": (cond.flatten(1).amax(1) > 0) if cond is not None else None}
         return target, t
 
-    def latent_loss(self, z: Tensor, cams: Cameras, step: int, *, t: Tensor | None = None,
-                    noise: Tensor | None = None) -> dict[str, Tensor]:
+    def latent_loss(
+        self, z: Tensor, cams: Cameras, step: int, *, t: Tensor | None = None, noise: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Eq. 14 on latents ``z`` (with grad): ``{"loss_sas": ½ w(t) ‖z − sg(z'_m)‖²}``."""
         target, t = self.target(z, cams, step, t=t, noise=noise)
         w = sds_weight(self.alphas_cumprod, t, z)

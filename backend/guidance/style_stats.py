@@ -16,16 +16,18 @@ Usage::
     stats = style_stats(sd, "a watercolour portrait", cache_dir=Path(".cache/style"), model_key="sd15")
     z_m = whitening_colouring(x0, stats)          # each image now has stats.mean / stats.cov
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -61,13 +63,18 @@ class StyleStats:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"n_images": str(self.n_images), "prompt": self.prompt, "key": self.key,
-                "version": str(_CACHE_VERSION)}
+        meta = {"n_images": str(self.n_images), "prompt": self.prompt, "key": self.key, "version": str(_CACHE_VERSION)}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         os.close(fd)
         try:
-            save_file({"mean": self.mean.detach().double().cpu().contiguous(),
-                       "cov": self.cov.detach().double().cpu().contiguous()}, tmp, metadata=meta)
+            save_file(
+                {
+                    "mean": self.mean.detach().double().cpu().contiguous(),
+                    "cov": self.cov.detach().double().cpu().contiguous(),
+                },
+                tmp,
+                metadata=meta,
+            )
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -75,7 +82,7 @@ class StyleStats:
         return path
 
     @classmethod
-    def load(cls, path: Path | str) -> "StyleStats":
+    def load(cls, path: Path | str) -> StyleStats:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
@@ -173,9 +180,18 @@ def text_only(unet, batch: int = 1) -> Iterator[list[Tensor] | None]:
             unet.enable_lora()
 
 
-def generate_style_set(sd: "SD15", prompt: str, *, n: int = STYLE_SET_SIZE, steps: int = STYLE_SET_STEPS,
-                       guidance_scale: float = STYLE_SET_CFG, seed: int = 0, resolution: int = 512,
-                       batch: int = 4, progress: Progress | None = None) -> Tensor:
+def generate_style_set(
+    sd: SD15,
+    prompt: str,
+    *,
+    n: int = STYLE_SET_SIZE,
+    steps: int = STYLE_SET_STEPS,
+    guidance_scale: float = STYLE_SET_CFG,
+    seed: int = 0,
+    resolution: int = 512,
+    batch: int = 4,
+    progress: Progress | None = None,
+) -> Tensor:
     """Sample ``n`` images of ``prompt`` with SD1.5 and return their latents [n, 4, h, w]
     (UNet scale; METHOD A.4: 20 images, CFG 7.5, 20 steps).
 
@@ -192,9 +208,16 @@ def generate_style_set(sd: "SD15", prompt: str, *, n: int = STYLE_SET_SIZE, step
     scheduler = type(sd.scheduler).from_config(sd.scheduler.config)
     if getattr(scheduler.config, "clip_sample", False):  # latents are not images in [-1, 1]
         scheduler.register_to_config(clip_sample=False)
-    pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=sd.vae,
+        text_encoder=sd.text_encoder,
+        tokenizer=sd.tokenizer,
+        unet=sd.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     total, done, out = -(-n // batch) * steps, 0, []
 
@@ -209,29 +232,62 @@ def generate_style_set(sd: "SD15", prompt: str, *, n: int = STYLE_SET_SIZE, step
         b = min(batch, n - start)
         gens = [torch.Generator("cpu").manual_seed(seed + k) for k in range(start, start + b)]
         with text_only(sd.unet, b) as zero_embeds:
-            res = pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps,
-                       guidance_scale=guidance_scale, num_images_per_prompt=b, generator=gens,
-                       output_type="latent", ip_adapter_image_embeds=zero_embeds, callback_on_step_end=on_step)
+            res = pipe(
+                prompt,
+                height=resolution,
+                width=resolution,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                num_images_per_prompt=b,
+                generator=gens,
+                output_type="latent",
+                ip_adapter_image_embeds=zero_embeds,
+                callback_on_step_end=on_step,
+            )
         out.append(res.images.float().cpu())
     return torch.cat(out)
 
 
-def style_key(model_key: str, prompt: str, *, seed: int, n: int, steps: int, guidance_scale: float,
-              resolution: int) -> str:
+def style_key(
+    model_key: str, prompt: str, *, seed: int, n: int, steps: int, guidance_scale: float, resolution: int
+) -> str:
     """Hash of everything a style set depends on (the cache file's name)."""
-    blob = json.dumps({"v": _CACHE_VERSION, "model": model_key, "prompt": prompt, "seed": seed, "n": n,
-                       "steps": steps, "cfg": float(guidance_scale), "res": resolution}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "v": _CACHE_VERSION,
+            "model": model_key,
+            "prompt": prompt,
+            "seed": seed,
+            "n": n,
+            "steps": steps,
+            "cfg": float(guidance_scale),
+            "res": resolution,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def style_stats(sd: "SD15", prompt: str, *, seed: int = 0, cache_dir: Path | str, model_key: str,
-                n: int = STYLE_SET_SIZE, steps: int = STYLE_SET_STEPS, guidance_scale: float = STYLE_SET_CFG,
-                resolution: int = 512, batch: int = 4, progress: Progress | None = None) -> StyleStats:
+def style_stats(
+    sd: SD15,
+    prompt: str,
+    *,
+    seed: int = 0,
+    cache_dir: Path | str,
+    model_key: str,
+    n: int = STYLE_SET_SIZE,
+    steps: int = STYLE_SET_STEPS,
+    guidance_scale: float = STYLE_SET_CFG,
+    resolution: int = 512,
+    batch: int = 4,
+    progress: Progress | None = None,
+) -> StyleStats:
     """The style statistics of ``prompt``, from ``cache_dir`` when an earlier call made them
     (same ``model_key``, prompt, seed, n, steps, CFG and resolution), else generated
     (:func:`generate_style_set`) and saved there. An unreadable cache file is regenerated."""
-    key = style_key(model_key, prompt, seed=seed, n=n, steps=steps, guidance_scale=guidance_scale,
-                    resolution=resolution)
+    key = style_key(
+        model_key, prompt, seed=seed, n=n, steps=steps, guidance_scale=guidance_scale, resolution=resolution
+    )
     path = Path(cache_dir) / f"style_{key}.safetensors"
     if path.is_file():
         try:
@@ -240,8 +296,17 @@ def style_stats(sd: "SD15", prompt: str, *, seed: int = 0, cache_dir: Path | str
                 return cached
         except Exception:  # noqa: BLE001 - a truncated or foreign file: make it again
             pass
-    latents = generate_style_set(sd, prompt, n=n, steps=steps, guidance_scale=guidance_scale, seed=seed,
-                                 resolution=resolution, batch=batch, progress=progress)
+    latents = generate_style_set(
+        sd,
+        prompt,
+        n=n,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        resolution=resolution,
+        batch=batch,
+        progress=progress,
+    )
     mean, cov = latent_stats(latents)
     stats = StyleStats(mean=mean, cov=cov, n_images=n, prompt=prompt, key=key)
     stats.save(path)

@@ -38,6 +38,7 @@ Usage::
     video.frames          # [21, 576, 576, 3] uint8
     video.azimuth_deg     # [21], 0 = the input view (the last frame)
 """
+
 from __future__ import annotations
 
 import math
@@ -97,7 +98,13 @@ class OrbitVideo:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_sv3d(variant: str = "sv3d_u", *, path: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+def load_sv3d(
+    variant: str = "sv3d_u",
+    *,
+    path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+):
     """The SV3D parts (``backend.models.SV3DParts``) for ``variant``, from ``path`` or the registry.
 
     Raises ``ModelMissingError`` naming ``python -m backend models download --only <variant>``
@@ -148,7 +155,14 @@ def sinusoidal(x: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def vector_condition(variant: str, frames: int, cond_aug: float, elevation_deg: float = 10.0, azimuth_deg: np.ndarray | None = None, device="cpu") -> Tensor:
+def vector_condition(
+    variant: str,
+    frames: int,
+    cond_aug: float,
+    elevation_deg: float = 10.0,
+    azimuth_deg: np.ndarray | None = None,
+    device="cpu",
+) -> Tensor:
     """The per-frame vector input [frames, 256 or 1280] (before the UNet's ``add_embedding``)."""
     aug = sinusoidal(torch.full((frames,), float(cond_aug), device=device), VARIANTS[variant][0])
     if variant == "sv3d_u":
@@ -200,13 +214,20 @@ def unet_forward(unet, sample: Tensor, timestep: Tensor, context: Tensor, vector
         x, res = block(hidden_states=x, temb=emb, image_only_indicator=indicator, **kw)
         skips += res
     x = unet.mid_block(hidden_states=x, temb=emb, encoder_hidden_states=hidden, image_only_indicator=indicator)
-    n_up = 2 ** unet.num_upsamplers
+    n_up = 2**unet.num_upsamplers
     odd = any(s % n_up for s in sample.shape[-2:])
     for i, block in enumerate(unet.up_blocks):
-        res, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+        res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
         size = skips[-1].shape[2:] if (odd and i < len(unet.up_blocks) - 1) else None
         kw = {"encoder_hidden_states": hidden} if getattr(block, "has_cross_attention", False) else {}
-        x = block(hidden_states=x, temb=emb, res_hidden_states_tuple=res, upsample_size=size, image_only_indicator=indicator, **kw)
+        x = block(
+            hidden_states=x,
+            temb=emb,
+            res_hidden_states_tuple=res,
+            upsample_size=size,
+            image_only_indicator=indicator,
+            **kw,
+        )
     x = unet.conv_out(unet.conv_act(unet.conv_norm_out(x)))
     return x.reshape(B, T, *x.shape[1:])
 
@@ -221,7 +242,9 @@ def _to_pil(image: np.ndarray):
 
 
 @torch.no_grad()
-def encode_conditions(parts, image: np.ndarray, settings: SV3DSettings, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def encode_conditions(
+    parts, image: np.ndarray, settings: SV3DSettings, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """(CLIP token [1, 1, D], VAE latent [1, 4, h, w]) of the input image [H, W, 3] uint8."""
     from PIL import Image
 
@@ -239,7 +262,9 @@ def encode_conditions(parts, image: np.ndarray, settings: SV3DSettings, generato
 
 
 @torch.no_grad()
-def generate_orbit(parts, image: np.ndarray, settings: SV3DSettings = SV3DSettings(), *, seed: int = 0, reporter=None) -> OrbitVideo:
+def generate_orbit(
+    parts, image: np.ndarray, settings: SV3DSettings = SV3DSettings(), *, seed: int = 0, reporter=None
+) -> OrbitVideo:
     """Sample an orbit video of ``image`` (HxWx3 uint8: the head centred on white, square).
 
     ``reporter`` (optional) gets ``progress("generate", i, steps)`` and
@@ -253,10 +278,14 @@ def generate_orbit(parts, image: np.ndarray, settings: SV3DSettings = SV3DSettin
     gen = torch.Generator("cpu").manual_seed(int(seed))
     token, latent = encode_conditions(parts, image, settings, gen)
     h, w = latent.shape[-2:]
-    cond = torch.cat([torch.zeros_like(latent), latent])[:, None].expand(2, T, *latent.shape[1:])  # [2, T, 4, h, w] (uncond, cond)
+    cond = torch.cat([torch.zeros_like(latent), latent])[:, None].expand(
+        2, T, *latent.shape[1:]
+    )  # [2, T, 4, h, w] (uncond, cond)
     context = torch.cat([torch.zeros_like(token), token])  # [2, 1, D]
     az = orbit_azimuths(T)
-    vector = vector_condition(settings.variant, T, settings.cond_aug, settings.elevation_deg, az, device=device)[None].expand(2, -1, -1)
+    vector = vector_condition(settings.variant, T, settings.cond_aug, settings.elevation_deg, az, device=device)[
+        None
+    ].expand(2, -1, -1)
     scale = triangle_cfg(T, settings.min_cfg, settings.max_cfg).to(device)[:, None, None, None]  # [T, 1, 1, 1]
     sigmas = edm_sigmas(steps, settings.sigma_min, settings.sigma_max, settings.rho)
     x = torch.randn((T, 4, h, w), generator=gen).to(device) * math.sqrt(1.0 + float(sigmas[0]) ** 2)
@@ -279,7 +308,7 @@ def generate_orbit(parts, image: np.ndarray, settings: SV3DSettings = SV3DSettin
     temporal = "num_frames" in _decode_args(vae)
     for j in range(0, T, max(1, settings.decode_chunk)):
         _check(reporter)
-        z = latents[j:j + settings.decode_chunk].to(next(vae.parameters()).dtype)
+        z = latents[j : j + settings.decode_chunk].to(next(vae.parameters()).dtype)
         out = vae.decode(z, num_frames=len(z)).sample if temporal else vae.decode(z).sample
         rgb = ((out.float().clamp(-1, 1) + 1.0) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         frames.extend(rgb)

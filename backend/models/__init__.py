@@ -49,26 +49,94 @@ Usage::
     controlnet = models.load_controlnet()
     app = models.load_insightface()
 """
+
 from __future__ import annotations
 
 from backend.errors import ModelMissingError
 
 from .cli import add_models_parser
 from .fetch import DownloadResult, default_download_names, download
-from .loaders import (SD15, MVDreamParts, SV3DParts, apply_ip_adapter_faceid, load_controlnet, load_insightface,
-                      load_ip_adapter_faceid, load_ip_adapter_state_dict, load_mvdream, load_sd15, load_sv3d, load_taesd,
-                      set_ip_adapter_scale)
-from .registry import (ENV_CONFIG, ENV_PREFIX, ENV_ROOT, GB, MB, REGISTRY, REPO_ROOT, DiskFullError, ModelCorruptError,
-                       ModelGatedError, ModelSpec, get_spec, required_models)
-from .store import (ModelStatus, check, ensure_models, format_check, insightface_root, model_path, models_root,
-                    verify_folder, verify_safetensors)
+from .loaders import (
+    SD15,
+    MVDreamParts,
+    SV3DParts,
+    apply_ip_adapter_faceid,
+    load_controlnet,
+    load_insightface,
+    load_ip_adapter_faceid,
+    load_ip_adapter_state_dict,
+    load_mvdream,
+    load_sd15,
+    load_sv3d,
+    load_taesd,
+    set_ip_adapter_scale,
+)
+from .registry import (
+    ENV_CONFIG,
+    ENV_PREFIX,
+    ENV_ROOT,
+    GB,
+    MB,
+    REGISTRY,
+    REPO_ROOT,
+    DiskFullError,
+    ModelCorruptError,
+    ModelGatedError,
+    ModelSpec,
+    get_spec,
+    required_models,
+)
+from .store import (
+    ModelStatus,
+    check,
+    ensure_models,
+    format_check,
+    insightface_root,
+    model_path,
+    models_root,
+    verify_folder,
+    verify_safetensors,
+)
 
 __all__ = [
-    "ModelMissingError", "add_models_parser", "DownloadResult", "default_download_names", "download",
-    "SD15", "MVDreamParts", "SV3DParts", "apply_ip_adapter_faceid", "load_controlnet", "load_insightface",
-    "load_ip_adapter_faceid", "load_ip_adapter_state_dict", "load_mvdream", "load_sd15", "load_sv3d", "load_taesd",
-    "set_ip_adapter_scale", "ENV_CONFIG", "ENV_PREFIX", "ENV_ROOT", "GB", "MB", "REGISTRY", "REPO_ROOT",
-    "DiskFullError", "ModelCorruptError", "ModelGatedError", "ModelSpec", "get_spec", "required_models",
-    "ModelStatus", "check", "ensure_models", "format_check", "insightface_root", "model_path", "models_root",
-    "verify_folder", "verify_safetensors",
+    "ModelMissingError",
+    "add_models_parser",
+    "DownloadResult",
+    "default_download_names",
+    "download",
+    "SD15",
+    "MVDreamParts",
+    "SV3DParts",
+    "apply_ip_adapter_faceid",
+    "load_controlnet",
+    "load_insightface",
+    "load_ip_adapter_faceid",
+    "load_ip_adapter_state_dict",
+    "load_mvdream",
+    "load_sd15",
+    "load_sv3d",
+    "load_taesd",
+    "set_ip_adapter_scale",
+    "ENV_CONFIG",
+    "ENV_PREFIX",
+    "ENV_ROOT",
+    "GB",
+    "MB",
+    "REGISTRY",
+    "REPO_ROOT",
+    "DiskFullError",
+    "ModelCorruptError",
+    "ModelGatedError",
+    "ModelSpec",
+    "get_spec",
+    "required_models",
+    "ModelStatus",
+    "check",
+    "ensure_models",
+    "format_check",
+    "insightface_root",
+    "model_path",
+    "models_root",
+    "verify_folder",
+    "verify_safetensors",
 ]

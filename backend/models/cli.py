@@ -1,4 +1,5 @@
 """``python -m backend models check|download`` (wired in backend/cli.py)."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,6 @@ from backend.errors import PortraitSplatError
 from .fetch import default_download_names, download
 from .registry import ENV_ROOT, REGISTRY
 from .store import check, format_check, models_root
-
 
 # --- CLI -----------------------------------------------------------------------------------
 
@@ -23,8 +23,14 @@ def add_models_parser(subparsers) -> None:
     c.add_argument("--no-verify", action="store_true", help="skip the header check of weight files")
     c.set_defaults(func=_cli_check)
     d = sub.add_parser("download", help="fetch models (default: every model a pipeline needs)")
-    d.add_argument("--only", nargs="+", action="extend", metavar="NAME", choices=list(REGISTRY),
-                   help=f"models to fetch: {', '.join(REGISTRY)}")
+    d.add_argument(
+        "--only",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        choices=list(REGISTRY),
+        help=f"models to fetch: {', '.join(REGISTRY)}",
+    )
     d.add_argument("--all", action="store_true", help="include the optional models")
     d.add_argument("--token", default=None, help="Hugging Face token (default: $HF_TOKEN or saved login)")
     d.add_argument("--force", action="store_true", help="fetch again even if present")
@@ -38,8 +44,10 @@ def _cli_check(args) -> int:
     needed = {n for s in REGISTRY.values() if not s.optional for n in [s.name]}
     bad = [s.name for s in statuses if not s.present and s.name in needed]
     if bad:
-        print(f"\nmissing for some pipelines: {', '.join(bad)}. Fetch them all with: "
-              f"python -m backend models download --only {' '.join(bad)}")
+        print(
+            f"\nmissing for some pipelines: {', '.join(bad)}. Fetch them all with: "
+            f"python -m backend models download --only {' '.join(bad)}"
+        )
     return 0
 
 

@@ -1,19 +1,19 @@
 """``models download``: huggingface_hub (progress, resume) and insightface packs into the
 model root, with typed errors for offline, gated, full disk and failed transfers."""
+
 from __future__ import annotations
 
 import errno
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from backend.errors import ModelMissingError, PortraitSplatError
 
 from .registry import ENV_PREFIX, REGISTRY, DiskFullError, ModelCorruptError, ModelGatedError, ModelSpec, get_spec
 from .store import _folder_size, _human, _missing_files, _resolve, verify_folder
-
 
 # --- download ------------------------------------------------------------------------------
 
@@ -29,35 +29,49 @@ def _check_space(spec: ModelSpec, folder: Path) -> None:
     free = shutil.disk_usage(probe).free
     need = max(0, spec.size_bytes - _folder_size(folder))
     if free < need * 1.05:
-        raise DiskFullError(f"Not enough disk space for '{spec.name}': it needs about {_human(need)} more, "
-                            f"and {probe} has {_human(free)} free.")
+        raise DiskFullError(
+            f"Not enough disk space for '{spec.name}': it needs about {_human(need)} more, "
+            f"and {probe} has {_human(free)} free."
+        )
 
 
 def _map_download_error(spec: ModelSpec, folder: Path, exc: BaseException) -> PortraitSplatError | None:
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return DiskFullError(f"The disk filled up while downloading '{spec.name}' into {folder}; the partial "
-                             f"download is kept and resumes on the next try.")
+        return DiskFullError(
+            f"The disk filled up while downloading '{spec.name}' into {folder}; the partial "
+            f"download is kept and resumes on the next try."
+        )
     if isinstance(exc, GatedRepoError) or (spec.gated and isinstance(exc, RepositoryNotFoundError)):
         return ModelGatedError(
             f"'{spec.name}' comes from the gated repository {spec.repo} ({spec.licence}), and this "
             f"Hugging Face account or token has no access to it.",
-            hint=(f"1. Log in at https://huggingface.co and accept the licence at {spec.page}; "
-                  f"2. create a read token at https://huggingface.co/settings/tokens; "
-                  f"3. run: HF_TOKEN=hf_... {spec.download_command}"))
+            hint=(
+                f"1. Log in at https://huggingface.co and accept the licence at {spec.page}; "
+                f"2. create a read token at https://huggingface.co/settings/tokens; "
+                f"3. run: HF_TOKEN=hf_... {spec.download_command}"
+            ),
+        )
     if isinstance(exc, RepositoryNotFoundError):
-        return ModelMissingError(f"The repository {spec.repo} for '{spec.name}' was not found on the hub.",
-                                 hint="Check for a newer PortraitSplat release, or put the files in place and "
-                                      f"point {ENV_PREFIX}{spec.name.upper()} at them.")
+        return ModelMissingError(
+            f"The repository {spec.repo} for '{spec.name}' was not found on the hub.",
+            hint="Check for a newer PortraitSplat release, or put the files in place and "
+            f"point {ENV_PREFIX}{spec.name.upper()} at them.",
+        )
     return None
 
 
 def _download_hf(spec: ModelSpec, folder: Path, token: str | None) -> None:
     from huggingface_hub import snapshot_download
 
-    snapshot_download(repo_id=spec.repo, revision=spec.revision, local_dir=str(folder),
-                      allow_patterns=list(spec.allow_patterns) or None, token=token)
+    snapshot_download(
+        repo_id=spec.repo,
+        revision=spec.revision,
+        local_dir=str(folder),
+        allow_patterns=list(spec.allow_patterns) or None,
+        token=token,
+    )
 
 
 def _download_insightface(spec: ModelSpec, folder: Path, token: str | None) -> None:
@@ -75,7 +89,9 @@ def _download_insightface(spec: ModelSpec, folder: Path, token: str | None) -> N
 
 
 _DOWNLOADERS: dict[str, Callable[[ModelSpec, Path, str | None], None]] = {
-    "hf": _download_hf, "insightface": _download_insightface}
+    "hf": _download_hf,
+    "insightface": _download_insightface,
+}
 
 
 @dataclass
@@ -92,8 +108,9 @@ def default_download_names() -> list[str]:
     return [s.name for s in REGISTRY.values() if not s.optional]
 
 
-def download(names: Iterable[str] | None = None, token: str | None = None, root: Path | None = None,
-             *, force: bool = False) -> list[DownloadResult]:
+def download(
+    names: Iterable[str] | None = None, token: str | None = None, root: Path | None = None, *, force: bool = False
+) -> list[DownloadResult]:
     """Fetch models into the model root (or their override folders); returns one result per
     model and raises nothing for a single model's failure (see ``DownloadResult.error``).
 
@@ -107,7 +124,8 @@ def download(names: Iterable[str] | None = None, token: str | None = None, root:
     if _offline():
         raise ModelMissingError(
             "Downloads are disabled: HF_HUB_OFFLINE is set in this environment.",
-            hint=f"Run on a machine with internet: HF_HUB_OFFLINE=0 python -m backend models download --only {' '.join(names)}")
+            hint=f"Run on a machine with internet: HF_HUB_OFFLINE=0 python -m backend models download --only {' '.join(names)}",
+        )
     results = []
     for name in names:
         spec = get_spec(name)
@@ -125,13 +143,15 @@ def download(names: Iterable[str] | None = None, token: str | None = None, root:
             _DOWNLOADERS[spec.source](spec, folder, token)
             missing = _missing_files(spec, folder)
             if missing:
-                raise ModelMissingError(f"The download of '{name}' finished but {', '.join(missing)} is not in {folder}.",
-                                        hint=f"Check {spec.page}: the repository layout may have changed.")
+                raise ModelMissingError(
+                    f"The download of '{name}' finished but {', '.join(missing)} is not in {folder}.",
+                    hint=f"Check {spec.page}: the repository layout may have changed.",
+                )
             verify_folder(folder, name)
             results.append(DownloadResult(name, folder, True))
         except PortraitSplatError as exc:
             results.append(DownloadResult(name, folder, False, exc))
-        except Exception as exc:  # noqa: BLE001 - mapped to a typed error or re-raised
+        except Exception as exc:
             mapped = _map_download_error(spec, folder, exc)
             if mapped is None:
                 raise

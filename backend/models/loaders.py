@@ -1,12 +1,14 @@
 """Loaders: a model's folder -> working modules (diffusers ``from_pretrained``, the
 IP-Adapter-FaceID state dict, MVDream, SV3D, insightface ``FaceAnalysis``). Heavy imports stay
 inside each loader."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import ModelMissingError, PortraitSplatError
 
@@ -39,7 +41,7 @@ def _load(name: str | None, folder: Path, fn: Callable[[], Any]) -> Any:
     verify_folder(folder, name)
     try:
         return fn()
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         if isinstance(exc, PortraitSplatError):
             raise
         raise _corrupt(name, Path(folder), f"loading failed: {exc.__class__.__name__}: {str(exc)[:300]}") from exc
@@ -49,11 +51,11 @@ def _load(name: str | None, folder: Path, fn: Callable[[], Any]) -> Any:
 class SD15:
     """The parts of Stable Diffusion 1.5 our guidance uses (no pipeline object)."""
 
-    unet: Any               # diffusers.UNet2DConditionModel
-    vae: Any                # diffusers.AutoencoderKL
-    text_encoder: Any       # transformers.CLIPTextModel
-    tokenizer: Any          # transformers.CLIPTokenizer
-    scheduler: Any          # diffusers.DDIMScheduler (SD1.5's betas)
+    unet: Any  # diffusers.UNet2DConditionModel
+    vae: Any  # diffusers.AutoencoderKL
+    text_encoder: Any  # transformers.CLIPTextModel
+    tokenizer: Any  # transformers.CLIPTokenizer
+    scheduler: Any  # diffusers.DDIMScheduler (SD1.5's betas)
     path: Path = field(default=Path())
 
     @property
@@ -67,8 +69,14 @@ def _dt(dtype) -> dict:
     return {"dtype": dtype} if dtype is not None else {}
 
 
-def load_sd15(path: Path | str | None = None, *, dtype: "torch.dtype | None" = None, device: str = "cpu",
-              scheduler: str = "ddim", name: str = "sd15") -> SD15:
+def load_sd15(
+    path: Path | str | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    scheduler: str = "ddim",
+    name: str = "sd15",
+) -> SD15:
     """Load SD1.5's UNet, VAE, text encoder, tokenizer and a scheduler from a diffusers folder.
 
     ``path`` defaults to ``model_path("sd15")``. The fp16 variant files are picked when present.
@@ -82,9 +90,13 @@ def load_sd15(path: Path | str | None = None, *, dtype: "torch.dtype | None" = N
     sched_cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[scheduler]
 
     def go():
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", variant=_variant(folder / "unet"), **_dt(dtype))
+        unet = UNet2DConditionModel.from_pretrained(
+            folder, subfolder="unet", variant=_variant(folder / "unet"), **_dt(dtype)
+        )
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=_variant(folder / "vae"), **_dt(dtype))
-        te = CLIPTextModel.from_pretrained(folder / "text_encoder", variant=_variant(folder / "text_encoder"), **_dt(dtype))
+        te = CLIPTextModel.from_pretrained(
+            folder / "text_encoder", variant=_variant(folder / "text_encoder"), **_dt(dtype)
+        )
         tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         sch = sched_cls.from_pretrained(folder, subfolder="scheduler")
         return unet, vae, te, tok, sch
@@ -95,7 +107,7 @@ def load_sd15(path: Path | str | None = None, *, dtype: "torch.dtype | None" = N
     return SD15(unet, vae, te, tok, sch, folder)
 
 
-def load_ip_adapter_state_dict(path: Path | str) -> dict[str, dict[str, "torch.Tensor"]]:
+def load_ip_adapter_state_dict(path: Path | str) -> dict[str, dict[str, torch.Tensor]]:
     """Read an IP-Adapter(-FaceID) file: the ``.bin`` (torch pickle, loaded with
     ``weights_only=True``) or a ``.safetensors`` with ``image_proj.``/``ip_adapter.`` prefixes."""
     import torch
@@ -116,15 +128,16 @@ def load_ip_adapter_state_dict(path: Path | str) -> dict[str, dict[str, "torch.T
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except ModelCorruptError:
         raise
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad zip
+    except Exception as exc:
         raise _corrupt("ip_adapter_faceid", path, f"{exc.__class__.__name__}: {str(exc)[:200]}") from exc
     if not isinstance(sd, dict) or not {"image_proj", "ip_adapter"} <= set(sd):
         raise _corrupt("ip_adapter_faceid", path, "it has no 'image_proj' and 'ip_adapter' entries")
     return sd
 
 
-def load_ip_adapter_faceid(unet, path: Path | str | None = None, *, scale: float = 1.0,
-                           lora_scale: float = 1.0, adapter_name: str = "faceid") -> Any:
+def load_ip_adapter_faceid(
+    unet, path: Path | str | None = None, *, scale: float = 1.0, lora_scale: float = 1.0, adapter_name: str = "faceid"
+) -> Any:
     """Load IP-Adapter-FaceID into a diffusers ``UNet2DConditionModel`` in place; returns it.
 
     ``path``: the ``ip-adapter-faceid_sd15.bin`` file or the folder holding it (default:
@@ -141,13 +154,28 @@ def load_ip_adapter_faceid(unet, path: Path | str | None = None, *, scale: float
     if path.is_dir():
         path = path / "ip-adapter-faceid_sd15.bin"
     if not path.is_file():
-        raise ModelMissingError(f"No IP-Adapter-FaceID file at {path}.", hint=f"Run: {REGISTRY['ip_adapter_faceid'].download_command}")
-    return apply_ip_adapter_faceid(unet, load_ip_adapter_state_dict(path), scale=scale, lora_scale=lora_scale,
-                                   adapter_name=adapter_name, source=path)
+        raise ModelMissingError(
+            f"No IP-Adapter-FaceID file at {path}.", hint=f"Run: {REGISTRY['ip_adapter_faceid'].download_command}"
+        )
+    return apply_ip_adapter_faceid(
+        unet,
+        load_ip_adapter_state_dict(path),
+        scale=scale,
+        lora_scale=lora_scale,
+        adapter_name=adapter_name,
+        source=path,
+    )
 
 
-def apply_ip_adapter_faceid(unet, sd: dict, *, scale: float = 1.0, lora_scale: float = 1.0,
-                            adapter_name: str = "faceid", source: Path | str = "(in memory)") -> Any:
+def apply_ip_adapter_faceid(
+    unet,
+    sd: dict,
+    *,
+    scale: float = 1.0,
+    lora_scale: float = 1.0,
+    adapter_name: str = "faceid",
+    source: Path | str = "(in memory)",
+) -> Any:
     """Load an IP-Adapter-FaceID state dict (``{"image_proj": ..., "ip_adapter": ...}``) into
     ``unet`` in place, as :func:`load_ip_adapter_faceid` does with a file (benches build one in
     memory with :func:`backend.testing.tiny_ip_adapter_state_dict`). ``source`` names it in errors."""
@@ -155,8 +183,11 @@ def apply_ip_adapter_faceid(unet, sd: dict, *, scale: float = 1.0, lora_scale: f
     n_proc = len(unet.attn_processors)
     ids = {int(k.split(".")[0]) for k in sd["ip_adapter"]}
     if ids and (max(ids) + 1 != n_proc or "1.to_k_ip.weight" not in sd["ip_adapter"]):
-        raise _corrupt("ip_adapter_faceid", path, f"it is for a UNet with {max(ids) + 1} attention processors, "
-                                                  f"this UNet has {n_proc}")
+        raise _corrupt(
+            "ip_adapter_faceid",
+            path,
+            f"it is for a UNet with {max(ids) + 1} attention processors, this UNet has {n_proc}",
+        )
     try:
         unet._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
         loras = unet._load_ip_adapter_loras([sd])
@@ -166,8 +197,10 @@ def apply_ip_adapter_faceid(unet, sd: dict, *, scale: float = 1.0, lora_scale: f
         try:
             import peft  # noqa: F401
         except ImportError as exc:
-            raise ModelMissingError("IP-Adapter-FaceID's LoRA needs the 'peft' package.",
-                                    hint="pip install peft (it is in pyproject's dependencies)") from exc
+            raise ModelMissingError(
+                "IP-Adapter-FaceID's LoRA needs the 'peft' package.",
+                hint="pip install peft (it is in pyproject's dependencies)",
+            ) from exc
         unet.load_lora_adapter(loras[0], prefix="unet", adapter_name=adapter_name)
         unet.set_adapters([adapter_name], weights=[lora_scale])
     set_ip_adapter_scale(unet, scale)
@@ -182,19 +215,26 @@ def set_ip_adapter_scale(unet, scale: float) -> None:
             proc.scale = [scale] * len(proc.scale)
 
 
-def load_controlnet(path: Path | str | None = None, *, dtype: "torch.dtype | None" = None, device: str = "cpu",
-                    subfolder: str | None = "diffusion_sd15") -> Any:
+def load_controlnet(
+    path: Path | str | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    subfolder: str | None = "diffusion_sd15",
+) -> Any:
     """The MediaPipe-face ControlNet for SD1.5 (``diffusers.ControlNetModel``) from the repo
     folder's ``diffusion_sd15/`` (default ``model_path("controlnet_face")``)."""
     from diffusers import ControlNetModel
 
     folder = _path_for("controlnet_face", path)
     sub = folder / subfolder if subfolder else folder
-    net = _load("controlnet_face", sub, lambda: ControlNetModel.from_pretrained(sub, variant=_variant(sub), **_dt(dtype)))
+    net = _load(
+        "controlnet_face", sub, lambda: ControlNetModel.from_pretrained(sub, variant=_variant(sub), **_dt(dtype))
+    )
     return net.eval().requires_grad_(False).to(device)
 
 
-def load_taesd(path: Path | str | None = None, *, dtype: "torch.dtype | None" = None, device: str = "cpu") -> Any:
+def load_taesd(path: Path | str | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu") -> Any:
     """``diffusers.AutoencoderTiny`` (latents already in the UNet's scale)."""
     from diffusers import AutoencoderTiny
 
@@ -217,8 +257,9 @@ class MVDreamParts:
     path: Path
 
 
-def load_mvdream(path: Path | str | None = None, *, dtype: "torch.dtype | None" = None,
-                 device: str = "cpu") -> MVDreamParts:
+def load_mvdream(
+    path: Path | str | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu"
+) -> MVDreamParts:
     """Load ashawkey/mvdream-sd2.1-diffusers: config + state dict of the multi-view UNet, and
     the SD2.1 text encoder, tokenizer, VAE and DDIM scheduler."""
     from diffusers import AutoencoderKL, DDIMScheduler
@@ -235,7 +276,9 @@ def load_mvdream(path: Path | str | None = None, *, dtype: "torch.dtype | None" 
         state = {}
         for f in files:
             state.update(load_file(str(f)))
-        te = CLIPTextModel.from_pretrained(folder / "text_encoder", variant=_variant(folder / "text_encoder"), **_dt(dtype))
+        te = CLIPTextModel.from_pretrained(
+            folder / "text_encoder", variant=_variant(folder / "text_encoder"), **_dt(dtype)
+        )
         tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=_variant(folder / "vae"), **_dt(dtype))
         sch = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
@@ -253,15 +296,15 @@ def load_mvdream(path: Path | str | None = None, *, dtype: "torch.dtype | None" 
 class SV3DParts:
     """SV3D as diffusers building blocks."""
 
-    unet: Any               # diffusers.UNetSpatioTemporalConditionModel
-    vae: Any                # diffusers.AutoencoderKLTemporalDecoder
-    image_encoder: Any      # transformers.CLIPVisionModelWithProjection
+    unet: Any  # diffusers.UNetSpatioTemporalConditionModel
+    vae: Any  # diffusers.AutoencoderKLTemporalDecoder
+    image_encoder: Any  # transformers.CLIPVisionModelWithProjection
     feature_extractor: Any  # transformers.CLIPImageProcessor
-    scheduler: Any          # diffusers.EulerDiscreteScheduler (EDM, v-prediction)
+    scheduler: Any  # diffusers.EulerDiscreteScheduler (EDM, v-prediction)
     path: Path
 
 
-def load_sv3d(path: Path | str, *, dtype: "torch.dtype | None" = None, device: str = "cpu") -> SV3DParts:
+def load_sv3d(path: Path | str, *, dtype: torch.dtype | None = None, device: str = "cpu") -> SV3DParts:
     """SV3D from a folder in the diffusers layout (``unet/``, ``vae/``, ``image_encoder/``,
     ``feature_extractor/``, ``scheduler/``), e.g. the tiny one from
     :func:`backend.testing.save_tiny_sv3d` or a converted checkpoint.
@@ -277,11 +320,16 @@ def load_sv3d(path: Path | str, *, dtype: "torch.dtype | None" = None, device: s
     if folder.is_file() or not (folder / "unet").is_dir():
         raise ModelCorruptError(
             f"{folder} is not an SV3D folder in the diffusers layout (unet/, vae/, image_encoder/, ...).",
-            hint="Single-file SGM checkpoints (sv3d_u.safetensors) need converting first; see backend/guidance/sv3d.py.")
+            hint="Single-file SGM checkpoints (sv3d_u.safetensors) need converting first; see backend/guidance/sv3d.py.",
+        )
 
     def go():
-        unet = UNetSpatioTemporalConditionModel.from_pretrained(folder, subfolder="unet", variant=_variant(folder / "unet"), **_dt(dtype))
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(folder, subfolder="vae", variant=_variant(folder / "vae"), **_dt(dtype))
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(
+            folder, subfolder="unet", variant=_variant(folder / "unet"), **_dt(dtype)
+        )
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(
+            folder, subfolder="vae", variant=_variant(folder / "vae"), **_dt(dtype)
+        )
         enc = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", **_dt(dtype))
         fe = CLIPImageProcessor.from_pretrained(folder / "feature_extractor")
         sch = EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
@@ -293,9 +341,14 @@ def load_sv3d(path: Path | str, *, dtype: "torch.dtype | None" = None, device: s
     return SV3DParts(unet, vae, enc, fe, sch, folder)
 
 
-def load_insightface(root: Path | str | None = None, name: str = "buffalo_l", *,
-                     providers: list[str] | None = None, det_size: tuple[int, int] = (640, 640),
-                     det_thresh: float = 0.5):
+def load_insightface(
+    root: Path | str | None = None,
+    name: str = "buffalo_l",
+    *,
+    providers: list[str] | None = None,
+    det_size: tuple[int, int] = (640, 640),
+    det_thresh: float = 0.5,
+):
     """A prepared ``insightface.app.FaceAnalysis`` for pack ``name``.
 
     ``root``: an insightface root (holding ``models/<name>/``) or the pack folder itself;
@@ -321,8 +374,10 @@ def load_insightface(root: Path | str | None = None, name: str = "buffalo_l", *,
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
     try:
         app = FaceAnalysis(name=str(pack), providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise _corrupt(name if spec else None, pack, f"insightface could not open it: {exc.__class__.__name__}: {str(exc)[:200]}") from exc
+    except Exception as exc:
+        raise _corrupt(
+            name if spec else None, pack, f"insightface could not open it: {exc.__class__.__name__}: {str(exc)[:200]}"
+        ) from exc
     ctx = 0 if providers and providers[0] == "CUDAExecutionProvider" else -1
     app.prepare(ctx_id=ctx, det_size=det_size, det_thresh=det_thresh)
     return app

@@ -1,5 +1,6 @@
 """The registry: every pretrained model by short name (repository, revision, files, size,
 licence, purpose; facts from shared/WEIGHTS.md), the environment names, and the errors."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,17 +21,21 @@ MB = 1000**2
 
 class ModelCorruptError(ModelMissingError):
     """A model's file is there but cannot be read (truncated download, wrong file)."""
+
     code = "model_corrupt"
 
 
 class ModelGatedError(ModelMissingError):
     """The model's repository is gated and this account/token has no access."""
+
     code = "model_gated"
 
 
 class DiskFullError(PortraitSplatError):
     code = "disk_full"
-    hint = f"Free some space, or put the models on a larger disk: {ENV_ROOT}=/big/disk python -m backend models download"
+    hint = (
+        f"Free some space, or put the models on a larger disk: {ENV_ROOT}=/big/disk python -m backend models download"
+    )
 
 
 # --- the registry ---------------------------------------------------------------------------
@@ -73,99 +78,185 @@ class ModelSpec:
 
 _SD15_FILES = (
     "model_index.json",
-    "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
-    "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
-    "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
-    "tokenizer/*", "scheduler/*",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.fp16.safetensors",
+    "tokenizer/*",
+    "scheduler/*",
 )
 
 # Revisions are branch names until someone with hub access pins each to a commit hash.
-REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
-    ModelSpec(
-        name="sd15", repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        purpose="Stable Diffusion 1.5 (fp16): SAS identity/style guidance",
-        licence="CreativeML OpenRAIL-M", size_bytes=int(2.13 * GB),
-        allow_patterns=_SD15_FILES,
-        required=("model_index.json", "unet/config.json", "unet/*.safetensors", "vae/*.safetensors",
-                  "text_encoder/*.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
-                  "scheduler/scheduler_config.json"),
-        pipelines=("stylize",)),
-    ModelSpec(
-        name="ip_adapter_faceid", repo="h94/IP-Adapter-FaceID",
-        purpose="IP-Adapter-FaceID for SD1.5: ArcFace identity -> decoupled cross-attention (+LoRA)",
-        licence="research only (trained on insightface embeddings; see model card)", size_bytes=97 * MB,
-        allow_patterns=("ip-adapter-faceid_sd15.bin",), required=("ip-adapter-faceid_sd15.bin",),
-        pipelines=("stylize",)),
-    ModelSpec(
-        name="controlnet_face", repo="CrucibleAI/ControlNetMediaPipeFace",
-        purpose="MediaPipe-face landmark ControlNet, SD1.5 subfolder only (the repo is ~31 GB)",
-        licence="OpenRAIL", size_bytes=723 * MB, subfolder="diffusion_sd15",
-        allow_patterns=("diffusion_sd15/config.json", "diffusion_sd15/*.safetensors"),
-        required=("diffusion_sd15/config.json", "diffusion_sd15/*.safetensors"),
-        pipelines=("stylize",)),
-    ModelSpec(
-        name="mvdream", repo="ashawkey/mvdream-sd2.1-diffusers",
-        purpose="MVDream multi-view UNet (SD2.1 base, LDM keys) + SD2.1 text encoder/VAE: 3D SDS",
-        licence="CreativeML OpenRAIL-M", size_bytes=int(2.6 * GB),
-        allow_patterns=("model_index.json", "*/config.json", "unet/*.safetensors", "vae/*.safetensors",
-                        "text_encoder/*.safetensors", "tokenizer/*", "scheduler/*"),
-        required=("unet/config.json", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors",
-                  "tokenizer/vocab.json", "scheduler/scheduler_config.json"),
-        pipelines=("stylize",)),
-    ModelSpec(
-        name="sv3d_u", repo="stabilityai/sv3d",
-        purpose="SV3D_u orbit-video model (no camera input; Instax3D generation stage)",
-        licence="Stability AI Community License (non-commercial; gated)", size_bytes=int(9.36 * GB),
-        allow_patterns=("sv3d_u.safetensors",), required=("sv3d_u.safetensors",), gated=True,
-        pipelines=("instax",)),
-    ModelSpec(
-        name="sv3d_p", repo="stabilityai/sv3d",
-        purpose="SV3D_p orbit-video model (camera path input; optional Instax3D variant)",
-        licence="Stability AI Community License (non-commercial; gated)", size_bytes=int(9.37 * GB),
-        allow_patterns=("sv3d_p.safetensors",), required=("sv3d_p.safetensors",), gated=True, optional=True),
-    ModelSpec(
-        name="buffalo_l", repo="buffalo_l", source="insightface",
-        purpose="insightface pack: SCRFD detector, 106/68 landmarks, ArcFace w600k_r50 (FaceID's embedding)",
-        licence="non-commercial research only (insightface models)", size_bytes=326 * MB,
-        required=("det_10g.onnx", "w600k_r50.onnx", "2d106det.onnx", "1k3d68.onnx"),
-        url="https://github.com/deepinsight/insightface/tree/master/python-package",
-        pipelines=("stylize",)),
-    ModelSpec(
-        name="antelopev2", repo="antelopev2", source="insightface",
-        purpose="insightface pack: SCRFD-10G, landmarks, ArcFace glintr100 (InstantID's embedding)",
-        licence="non-commercial research only (insightface models)", size_bytes=407 * MB,
-        required=("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
-        url="https://github.com/deepinsight/insightface/tree/master/python-package", optional=True),
-    ModelSpec(
-        name="taesd", repo="madebyollin/taesd",
-        purpose="Tiny SD autoencoder: ~9x cheaper latent encode/decode (speed preset)",
-        licence="MIT", size_bytes=int(9.8 * MB),
-        allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
-        required=("config.json", "diffusion_pytorch_model.safetensors"),
-        pipelines=("stylize",)),  # the stylize pipeline's default ("fast") preset encodes with it
-    ModelSpec(
-        name="auraface", repo="fal/AuraFace-v1",
-        purpose="Apache-2.0 ArcFace-style recogniser (glintr100.onnx) for a permissive identity chain",
-        licence="Apache-2.0 (recogniser only)", size_bytes=261 * MB,
-        allow_patterns=("glintr100.onnx",), required=("glintr100.onnx",), optional=True),
-    ModelSpec(
-        name="sdxl", repo="stabilityai/stable-diffusion-xl-base-1.0",
-        purpose="SDXL base (fp16): optional heavier InstantID backend",
-        licence="CreativeML OpenRAIL++-M", size_bytes=int(6.9 * GB),
-        allow_patterns=("model_index.json", "*/config.json", "unet/*.fp16.safetensors", "vae/*.fp16.safetensors",
-                        "text_encoder/*.fp16.safetensors", "text_encoder_2/*.fp16.safetensors",
-                        "tokenizer/*", "tokenizer_2/*", "scheduler/*"),
-        required=("model_index.json", "unet/*.safetensors", "vae/*.safetensors", "text_encoder_2/*.safetensors"),
-        optional=True),
-    ModelSpec(
-        name="instantid", repo="InstantX/InstantID",
-        purpose="InstantID for SDXL: identity adapter + landmark ControlNet (optional backend)",
-        licence="Apache-2.0 (needs antelopev2, non-commercial)", size_bytes=int(4.2 * GB),
-        allow_patterns=("ip-adapter.bin", "ControlNetModel/config.json",
-                        "ControlNetModel/diffusion_pytorch_model.safetensors"),
-        required=("ip-adapter.bin", "ControlNetModel/config.json", "ControlNetModel/*.safetensors"),
-        optional=True),
-)}
+REGISTRY: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec(
+            name="sd15",
+            repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            purpose="Stable Diffusion 1.5 (fp16): SAS identity/style guidance",
+            licence="CreativeML OpenRAIL-M",
+            size_bytes=int(2.13 * GB),
+            allow_patterns=_SD15_FILES,
+            required=(
+                "model_index.json",
+                "unet/config.json",
+                "unet/*.safetensors",
+                "vae/*.safetensors",
+                "text_encoder/*.safetensors",
+                "tokenizer/vocab.json",
+                "tokenizer/merges.txt",
+                "scheduler/scheduler_config.json",
+            ),
+            pipelines=("stylize",),
+        ),
+        ModelSpec(
+            name="ip_adapter_faceid",
+            repo="h94/IP-Adapter-FaceID",
+            purpose="IP-Adapter-FaceID for SD1.5: ArcFace identity -> decoupled cross-attention (+LoRA)",
+            licence="research only (trained on insightface embeddings; see model card)",
+            size_bytes=97 * MB,
+            allow_patterns=("ip-adapter-faceid_sd15.bin",),
+            required=("ip-adapter-faceid_sd15.bin",),
+            pipelines=("stylize",),
+        ),
+        ModelSpec(
+            name="controlnet_face",
+            repo="CrucibleAI/ControlNetMediaPipeFace",
+            purpose="MediaPipe-face landmark ControlNet, SD1.5 subfolder only (the repo is ~31 GB)",
+            licence="OpenRAIL",
+            size_bytes=723 * MB,
+            subfolder="diffusion_sd15",
+            allow_patterns=("diffusion_sd15/config.json", "diffusion_sd15/*.safetensors"),
+            required=("diffusion_sd15/config.json", "diffusion_sd15/*.safetensors"),
+            pipelines=("stylize",),
+        ),
+        ModelSpec(
+            name="mvdream",
+            repo="ashawkey/mvdream-sd2.1-diffusers",
+            purpose="MVDream multi-view UNet (SD2.1 base, LDM keys) + SD2.1 text encoder/VAE: 3D SDS",
+            licence="CreativeML OpenRAIL-M",
+            size_bytes=int(2.6 * GB),
+            allow_patterns=(
+                "model_index.json",
+                "*/config.json",
+                "unet/*.safetensors",
+                "vae/*.safetensors",
+                "text_encoder/*.safetensors",
+                "tokenizer/*",
+                "scheduler/*",
+            ),
+            required=(
+                "unet/config.json",
+                "unet/*.safetensors",
+                "vae/*.safetensors",
+                "text_encoder/*.safetensors",
+                "tokenizer/vocab.json",
+                "scheduler/scheduler_config.json",
+            ),
+            pipelines=("stylize",),
+        ),
+        ModelSpec(
+            name="sv3d_u",
+            repo="stabilityai/sv3d",
+            purpose="SV3D_u orbit-video model (no camera input; Instax3D generation stage)",
+            licence="Stability AI Community License (non-commercial; gated)",
+            size_bytes=int(9.36 * GB),
+            allow_patterns=("sv3d_u.safetensors",),
+            required=("sv3d_u.safetensors",),
+            gated=True,
+            pipelines=("instax",),
+        ),
+        ModelSpec(
+            name="sv3d_p",
+            repo="stabilityai/sv3d",
+            purpose="SV3D_p orbit-video model (camera path input; optional Instax3D variant)",
+            licence="Stability AI Community License (non-commercial; gated)",
+            size_bytes=int(9.37 * GB),
+            allow_patterns=("sv3d_p.safetensors",),
+            required=("sv3d_p.safetensors",),
+            gated=True,
+            optional=True,
+        ),
+        ModelSpec(
+            name="buffalo_l",
+            repo="buffalo_l",
+            source="insightface",
+            purpose="insightface pack: SCRFD detector, 106/68 landmarks, ArcFace w600k_r50 (FaceID's embedding)",
+            licence="non-commercial research only (insightface models)",
+            size_bytes=326 * MB,
+            required=("det_10g.onnx", "w600k_r50.onnx", "2d106det.onnx", "1k3d68.onnx"),
+            url="https://github.com/deepinsight/insightface/tree/master/python-package",
+            pipelines=("stylize",),
+        ),
+        ModelSpec(
+            name="antelopev2",
+            repo="antelopev2",
+            source="insightface",
+            purpose="insightface pack: SCRFD-10G, landmarks, ArcFace glintr100 (InstantID's embedding)",
+            licence="non-commercial research only (insightface models)",
+            size_bytes=407 * MB,
+            required=("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
+            url="https://github.com/deepinsight/insightface/tree/master/python-package",
+            optional=True,
+        ),
+        ModelSpec(
+            name="taesd",
+            repo="madebyollin/taesd",
+            purpose="Tiny SD autoencoder: ~9x cheaper latent encode/decode (speed preset)",
+            licence="MIT",
+            size_bytes=int(9.8 * MB),
+            allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
+            required=("config.json", "diffusion_pytorch_model.safetensors"),
+            pipelines=("stylize",),
+        ),  # the stylize pipeline's default ("fast") preset encodes with it
+        ModelSpec(
+            name="auraface",
+            repo="fal/AuraFace-v1",
+            purpose="Apache-2.0 ArcFace-style recogniser (glintr100.onnx) for a permissive identity chain",
+            licence="Apache-2.0 (recogniser only)",
+            size_bytes=261 * MB,
+            allow_patterns=("glintr100.onnx",),
+            required=("glintr100.onnx",),
+            optional=True,
+        ),
+        ModelSpec(
+            name="sdxl",
+            repo="stabilityai/stable-diffusion-xl-base-1.0",
+            purpose="SDXL base (fp16): optional heavier InstantID backend",
+            licence="CreativeML OpenRAIL++-M",
+            size_bytes=int(6.9 * GB),
+            allow_patterns=(
+                "model_index.json",
+                "*/config.json",
+                "unet/*.fp16.safetensors",
+                "vae/*.fp16.safetensors",
+                "text_encoder/*.fp16.safetensors",
+                "text_encoder_2/*.fp16.safetensors",
+                "tokenizer/*",
+                "tokenizer_2/*",
+                "scheduler/*",
+            ),
+            required=("model_index.json", "unet/*.safetensors", "vae/*.safetensors", "text_encoder_2/*.safetensors"),
+            optional=True,
+        ),
+        ModelSpec(
+            name="instantid",
+            repo="InstantX/InstantID",
+            purpose="InstantID for SDXL: identity adapter + landmark ControlNet (optional backend)",
+            licence="Apache-2.0 (needs antelopev2, non-commercial)",
+            size_bytes=int(4.2 * GB),
+            allow_patterns=(
+                "ip-adapter.bin",
+                "ControlNetModel/config.json",
+                "ControlNetModel/diffusion_pytorch_model.safetensors",
+            ),
+            required=("ip-adapter.bin", "ControlNetModel/config.json", "ControlNetModel/*.safetensors"),
+            optional=True,
+        ),
+    )
+}
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -1,18 +1,30 @@
 """Where the models are (root, per-model overrides by env var or TOML), whether they are
 intact (safetensors headers, empty files), ``models check`` and the submit-time check."""
+
 from __future__ import annotations
 
 import json
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from backend.errors import ModelMissingError, PortraitSplatError
 
-from .registry import ENV_CONFIG, ENV_PREFIX, ENV_ROOT, GB, MB, REGISTRY, REPO_ROOT, ModelCorruptError, ModelSpec, get_spec, required_models
-
+from .registry import (
+    ENV_CONFIG,
+    ENV_PREFIX,
+    ENV_ROOT,
+    GB,
+    MB,
+    REGISTRY,
+    REPO_ROOT,
+    ModelCorruptError,
+    ModelSpec,
+    get_spec,
+    required_models,
+)
 
 # --- where they are --------------------------------------------------------------------------
 
@@ -38,9 +50,11 @@ def _config_overrides(root: Path) -> dict[str, Path]:
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, OSError) as exc:
-        raise PortraitSplatError(f"The model config {path} could not be read: {exc}",
-                                 hint="Fix the TOML syntax; it needs a [paths] table of name = \"/path\".",
-                                 code="bad_model_config") from exc
+        raise PortraitSplatError(
+            f"The model config {path} could not be read: {exc}",
+            hint='Fix the TOML syntax; it needs a [paths] table of name = "/path".',
+            code="bad_model_config",
+        ) from exc
     paths = data.get("paths", {})
     return {k: Path(str(v)).expanduser() for k, v in paths.items()}
 
@@ -71,14 +85,18 @@ def _missing_files(spec: ModelSpec, folder: Path) -> list[str]:
 
 
 def _missing_message(spec: ModelSpec, folder: Path, origin: str, missing: list[str]) -> ModelMissingError:
-    where = {"env": f" (set by {ENV_PREFIX}{spec.name.upper()})", "config": " (set in the model config)"}.get(origin, "")
-    what = "is not there" if missing == list(spec.required) or missing == ["(folder)"] else \
-        f"is incomplete: no {', '.join(missing)}"
+    where = {"env": f" (set by {ENV_PREFIX}{spec.name.upper()})", "config": " (set in the model config)"}.get(
+        origin, ""
+    )
+    what = (
+        "is not there"
+        if missing == list(spec.required) or missing == ["(folder)"]
+        else f"is incomplete: no {', '.join(missing)}"
+    )
     hint = f"Run: {spec.download_command}"
     if spec.gated:
         hint += f" (gated: accept the licence at {spec.page} and set HF_TOKEN first)"
-    return ModelMissingError(f"Model '{spec.name}' ({spec.repo}, {spec.purpose}) {what} at {folder}{where}.",
-                             hint=hint)
+    return ModelMissingError(f"Model '{spec.name}' ({spec.repo}, {spec.purpose}) {what} at {folder}{where}.", hint=hint)
 
 
 def model_path(name: str, root: Path | None = None) -> Path:
@@ -97,8 +115,9 @@ def model_path(name: str, root: Path | None = None) -> Path:
 
 def _corrupt(spec_name: str | None, path: Path, why: str) -> ModelCorruptError:
     fix = f"python -m backend models download --only {spec_name}" if spec_name else "download it again"
-    return ModelCorruptError(f"The weight file {path} is damaged: {why}.",
-                             hint=f"Delete it and fetch it again: rm '{path}' && {fix}")
+    return ModelCorruptError(
+        f"The weight file {path} is damaged: {why}.", hint=f"Delete it and fetch it again: rm '{path}' && {fix}"
+    )
 
 
 def verify_safetensors(path: Path, name: str | None = None) -> None:
@@ -143,9 +162,9 @@ class ModelStatus:
     spec: ModelSpec
     path: Path
     present: bool
-    origin: str                  # "default", "env" or "config"
-    size_on_disk: int = 0        # bytes found in the folder
-    problem: str = ""            # why it is not usable ("" when present and intact)
+    origin: str  # "default", "env" or "config"
+    size_on_disk: int = 0  # bytes found in the folder
+    problem: str = ""  # why it is not usable ("" when present and intact)
 
     @property
     def name(self) -> str:
@@ -168,13 +187,15 @@ def _folder_size(folder: Path) -> int:
 def check(names: Iterable[str] | None = None, root: Path | None = None, *, verify: bool = True) -> list[ModelStatus]:
     """Status of every registered model (or of ``names``): present, intact, size, where."""
     out = []
-    for name in (names or REGISTRY):
+    for name in names or REGISTRY:
         spec = get_spec(name)
         folder, origin = _resolve(name, root)
         missing = _missing_files(spec, folder)
         problem = ""
         if missing:
-            problem = "missing" if missing in (list(spec.required), ["(folder)"]) else f"incomplete: no {', '.join(missing)}"
+            problem = (
+                "missing" if missing in (list(spec.required), ["(folder)"]) else f"incomplete: no {', '.join(missing)}"
+            )
         elif verify:
             try:
                 verify_folder(folder, name)
@@ -222,9 +243,13 @@ def ensure_models(pipeline: str, root: Path | None = None, *, names: Iterable[st
         gated = [n for n in missing if REGISTRY[n].gated]
         hint = f"Run: python -m backend models download --only {' '.join(missing)}"
         if gated:
-            hint += (f" ({', '.join(gated)} gated: accept the licence at "
-                     f"{', '.join(sorted({REGISTRY[n].page for n in gated}))} and set HF_TOKEN first)")
+            hint += (
+                f" ({', '.join(gated)} gated: accept the licence at "
+                f"{', '.join(sorted({REGISTRY[n].page for n in gated}))} and set HF_TOKEN first)"
+            )
         raise ModelMissingError(
             f"The '{pipeline}' pipeline needs models that are not installed: {', '.join(missing)} "
-            f"(looked in {Path(root) if root else models_root()}).", hint=hint)
+            f"(looked in {Path(root) if root else models_root()}).",
+            hint=hint,
+        )
     return found

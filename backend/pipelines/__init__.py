@@ -8,10 +8,12 @@ The contract every pipeline keeps (the worker process calls it; see ``backend/wo
 - ``reporter``: a :class:`Reporter` (progress, previews, cancellation). ``None`` = silent.
 - Raises a ``backend.errors.PortraitSplatError`` subclass for anything a user can fix.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 

@@ -31,6 +31,7 @@ Composition hook (``instax+stylize``): :func:`reconstruct_head` returns the fitt
 stylize pipeline can start SAS from ``model.to_splats()`` (head frame) instead of the bare
 template.
 """
+
 from __future__ import annotations
 
 import math
@@ -97,15 +98,31 @@ PRESETS: dict[str, InstaxPreset] = {
     "default": InstaxPreset(steps=5000, strategy_overrides={"refine_stop_iter": 4000}, preview_every=250),
     # ours: reconstruction a CPU can do in minutes (the generation still wants a GPU)
     "fast": InstaxPreset(
-        sv3d_steps=25, target_faces=2500, steps=600, fit_res=96, lr_preset="instax_fast", grow_grad2d=0.0008,
+        sv3d_steps=25,
+        target_faces=2500,
+        steps=600,
+        fit_res=96,
+        lr_preset="instax_fast",
+        grow_grad2d=0.0008,
         strategy_overrides={"refine_every": 200, "refine_start_iter": 100, "refine_stop_iter": 500},
-        init_opacity=0.3, preview_every=50, turntable_frames=24, turntable_res=192,
+        init_opacity=0.3,
+        preview_every=50,
+        turntable_frames=24,
+        turntable_res=192,
     ),
     # tests: tiny models, tiny images, a handful of steps
     "test": InstaxPreset(
-        sv3d_steps=2, sv3d_resolution=64, target_faces=300, steps=12, fit_res=32, lr_preset="instax_fast",
+        sv3d_steps=2,
+        sv3d_resolution=64,
+        target_faces=300,
+        steps=12,
+        fit_res=32,
+        lr_preset="instax_fast",
         strategy_overrides={"refine_every": 5, "refine_start_iter": 0, "refine_stop_iter": 10},
-        init_opacity=0.3, preview_every=4, turntable_frames=4, turntable_res=32,
+        init_opacity=0.3,
+        preview_every=4,
+        turntable_frames=4,
+        turntable_res=32,
     ),
 }
 
@@ -155,8 +172,10 @@ def sv3d_input(image: np.ndarray, fit: HeadFit, res: int, head_fill: float = 0.7
     pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
     if pad:
         rgba = np.pad(rgba, ((pad, pad), (pad, pad), (0, 0)))  # alpha 0 outside the photo
-    crop = rgba[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
-    crop = np.asarray(Image.fromarray(crop.round().astype(np.uint8), "RGBA").resize((res, res), Image.Resampling.LANCZOS), np.float32)
+    crop = rgba[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
+    crop = np.asarray(
+        Image.fromarray(crop.round().astype(np.uint8), "RGBA").resize((res, res), Image.Resampling.LANCZOS), np.float32
+    )
     a = crop[..., 3:] / 255.0
     out = crop[..., :3] * a + 255.0 * (1.0 - a)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), (x0, y0, side)
@@ -164,7 +183,9 @@ def sv3d_input(image: np.ndarray, fit: HeadFit, res: int, head_fill: float = 0.7
 
 def orbit_world_cameras(azimuth_deg: np.ndarray, elevation_deg: float, res: int, direction: int = 1) -> Cameras:
     """Cameras of the orbit frames in the orbit world (see the module docstring)."""
-    return spherical_cameras(direction * np.asarray(azimuth_deg, np.float64), elevation_deg, ORBIT_RADIUS, SV3D_FOV_DEG, res, res)
+    return spherical_cameras(
+        direction * np.asarray(azimuth_deg, np.float64), elevation_deg, ORBIT_RADIUS, SV3D_FOV_DEG, res, res
+    )
 
 
 # ----------------------------------------------------------------- template to frames
@@ -181,7 +202,9 @@ class TemplateFit:
     scale: float  # orbit-world units per metre
 
 
-def frame_landmarks(frames, indices, reference_index: int, reference_landmarks: np.ndarray | None = None) -> dict[int, np.ndarray]:
+def frame_landmarks(
+    frames, indices, reference_index: int, reference_landmarks: np.ndarray | None = None
+) -> dict[int, np.ndarray]:
     """MediaPipe landmarks [478, 2] of the chosen frames; frames with no usable face are left out
     (the reference must have one: its landmarks may be given, e.g. from the photo)."""
     out = {}
@@ -227,8 +250,14 @@ def fit_template(landmarks: dict[int, np.ndarray], cameras: Cameras) -> Template
     new[:, :3, 3] = (np.einsum("cij,j->ci", V[:, :3, :3], head_world) + V[:, :3, 3]) / s
     new[:, 3, 3] = 1.0
     shape = {f.name: float(np.mean([getattr(fits[k].params, f.name) for k in keys])) for f in fields(HeadShapeParams)}
-    cams = Cameras(torch.as_tensor(new, dtype=torch.float32), cameras.Ks.clone(), cameras.width, cameras.height,
-                   azimuth_deg=cameras.azimuth_deg, elevation_deg=cameras.elevation_deg)
+    cams = Cameras(
+        torch.as_tensor(new, dtype=torch.float32),
+        cameras.Ks.clone(),
+        cameras.width,
+        cameras.height,
+        azimuth_deg=cameras.azimuth_deg,
+        elevation_deg=cameras.elevation_deg,
+    )
     return TemplateFit(HeadShapeParams(**shape), cams, keys, spread, s)
 
 
@@ -261,13 +290,26 @@ def reconstruct(
     torch.manual_seed(seed)
     if cfg.target_faces:
         vertices, faces = decimate(vertices, faces, cfg.target_faces)
-    model = bind(vertices, faces, per_triangle=cfg.per_triangle, rng=rng, opacity=cfg.init_opacity,
-                 lrs=cfg.lr_preset, total_steps=cfg.steps, device=device)
+    model = bind(
+        vertices,
+        faces,
+        per_triangle=cfg.per_triangle,
+        rng=rng,
+        opacity=cfg.init_opacity,
+        lrs=cfg.lr_preset,
+        total_steps=cfg.steps,
+        device=device,
+    )
     cams = _scaled(cameras, cfg.fit_res).to(device)
-    targets = torch.stack([
-        torch.from_numpy(np.asarray(Image.fromarray(f).resize((cams.width, cams.height), Image.Resampling.LANCZOS), np.float32) / 255.0)
-        for f in frames
-    ]).to(device)  # [T, R, R, 3]
+    targets = torch.stack(
+        [
+            torch.from_numpy(
+                np.asarray(Image.fromarray(f).resize((cams.width, cams.height), Image.Resampling.LANCZOS), np.float32)
+                / 255.0
+            )
+            for f in frames
+        ]
+    ).to(device)  # [T, R, R, 3]
     strategy = make_bound_strategy(cfg.strategy, grow_grad2d=cfg.grow_grad2d, **cfg.strategy_overrides)
     order: list[int] = []
     current = [0]
@@ -279,15 +321,22 @@ def reconstruct(
         return cams[current[0]]
 
     def photo_term(out, _cams, _step):
-        return {"loss_rgb": photometric(out.rgb, targets[current[0]:current[0] + 1], cfg.ssim_weight)}
+        return {"loss_rgb": photometric(out.rgb, targets[current[0] : current[0] + 1], cfg.ssim_weight)}
 
     if reporter is not None:
         reporter.preview(model.to_splats(), 0)
-    loop = LoopConfig(steps=cfg.steps, preview_every=cfg.preview_every, background=(1.0, 1.0, 1.0),
-                      absgrad=strategy.absgrad, stage="construct")
+    loop = LoopConfig(
+        steps=cfg.steps,
+        preview_every=cfg.preview_every,
+        background=(1.0, 1.0, 1.0),
+        absgrad=strategy.absgrad,
+        stage="construct",
+    )
     optimise(model, loop, sample_views, [photo_term], strategy=strategy, reporter=reporter)
     with torch.no_grad():
-        rgb = torch.cat([render_model(model, cams[i], background=torch.ones(3, device=device)).rgb for i in range(len(frames))])
+        rgb = torch.cat(
+            [render_model(model, cams[i], background=torch.ones(3, device=device)).rgb for i in range(len(frames))]
+        )
     return model, {"fit_psnr_db": psnr(rgb, targets), "n_splats": float(len(model)), "n_triangles": float(len(faces))}
 
 
@@ -324,15 +373,21 @@ def construct(
         if other.rotation_spread_deg < fit.rotation_spread_deg:
             fit = other
     head = build_head(fit.params)
-    reporter.progress("template", 1, 1, f"template fitted to {len(fit.fitted)} frame(s), spread {fit.rotation_spread_deg:.1f} deg")
+    reporter.progress(
+        "template", 1, 1, f"template fitted to {len(fit.fitted)} frame(s), spread {fit.rotation_spread_deg:.1f} deg"
+    )
     t1 = time.perf_counter()
-    model, metrics = reconstruct(frames, fit.cameras, head.vertices, head.faces, cfg, seed=seed, reporter=reporter, device=device)
-    metrics.update({
-        "template_frames": float(len(fit.fitted)),
-        "template_rotation_spread_deg": fit.rotation_spread_deg,
-        "template_s": round(t1 - t0, 3),
-        "construct_s": round(time.perf_counter() - t1, 3),
-    })
+    model, metrics = reconstruct(
+        frames, fit.cameras, head.vertices, head.faces, cfg, seed=seed, reporter=reporter, device=device
+    )
+    metrics.update(
+        {
+            "template_frames": float(len(fit.fitted)),
+            "template_rotation_spread_deg": fit.rotation_spread_deg,
+            "template_s": round(t1 - t0, 3),
+            "construct_s": round(time.perf_counter() - t1, 3),
+        }
+    )
     return model, fit, metrics
 
 
@@ -358,7 +413,10 @@ def frames_as_splats(frames: np.ndarray, cameras: Cameras, card_res: int = 48, r
         d = centre / max(np.linalg.norm(centre), 1e-9)
         origin = ring_radius * d
         pts = origin + width * (gx.reshape(-1, 1) * right + gy.reshape(-1, 1) * down)
-        img = np.asarray(Image.fromarray(frames[i]).resize((card_res, card_res), Image.Resampling.BILINEAR), np.float32) / 255.0
+        img = (
+            np.asarray(Image.fromarray(frames[i]).resize((card_res, card_res), Image.Resampling.BILINEAR), np.float32)
+            / 255.0
+        )
         R = np.column_stack([right, down, fwd])
         x, y, z, w = Rotation.from_matrix(R).as_quat()
         means.append(pts)
@@ -376,8 +434,14 @@ def frames_as_splats(frames: np.ndarray, cameras: Cameras, card_res: int = 48, r
 
 
 def render_turntable(model, cfg: InstaxPreset, reporter, device="cpu") -> list[np.ndarray]:
-    cams = orbit_cameras(cfg.turntable_frames, radius=0.75, elevation_deg=cfg.turntable_elevation_deg, fov_deg=30,
-                         width=cfg.turntable_res, height=cfg.turntable_res).to(device)
+    cams = orbit_cameras(
+        cfg.turntable_frames,
+        radius=0.75,
+        elevation_deg=cfg.turntable_elevation_deg,
+        fov_deg=30,
+        width=cfg.turntable_res,
+        height=cfg.turntable_res,
+    ).to(device)
     frames = []
     with torch.no_grad():
         for i in range(len(cams)):
@@ -440,22 +504,44 @@ def reconstruct_head(image: np.ndarray, cfg: InstaxPreset, *, seed: int = 0, rep
     timings["face_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    settings = SV3DSettings(variant=cfg.sv3d_variant, frames=cfg.frames, resolution=cfg.sv3d_resolution,
-                            steps=cfg.sv3d_steps, min_cfg=cfg.min_cfg, max_cfg=cfg.max_cfg, elevation_deg=cfg.elevation_deg)
+    settings = SV3DSettings(
+        variant=cfg.sv3d_variant,
+        frames=cfg.frames,
+        resolution=cfg.sv3d_resolution,
+        steps=cfg.sv3d_steps,
+        min_cfg=cfg.min_cfg,
+        max_cfg=cfg.max_cfg,
+        elevation_deg=cfg.elevation_deg,
+    )
     video = generate_orbit(parts, inp, settings, seed=seed, reporter=reporter)
     timings["generate_s"] = time.perf_counter() - t
     direction = cfg.orbit_direction or 1
     cams = orbit_world_cameras(video.azimuth_deg, video.elevation_deg, cfg.sv3d_resolution, direction)
     reporter.preview(frames_as_splats(video.frames, cams), 0)  # the orbit, before the 3D fit
-    mirrored = orbit_world_cameras(video.azimuth_deg, video.elevation_deg, cfg.sv3d_resolution, -1) if cfg.orbit_direction == 0 else None
+    mirrored = (
+        orbit_world_cameras(video.azimuth_deg, video.elevation_deg, cfg.sv3d_resolution, -1)
+        if cfg.orbit_direction == 0
+        else None
+    )
 
-    model, fit, metrics = construct(video.frames, cams, ref_landmarks, cfg, reference_index=-1, seed=seed,
-                                    reporter=reporter, device=device, mirrored_cameras=mirrored)
+    model, fit, metrics = construct(
+        video.frames,
+        cams,
+        ref_landmarks,
+        cfg,
+        reference_index=-1,
+        seed=seed,
+        reporter=reporter,
+        device=device,
+        mirrored_cameras=mirrored,
+    )
     metrics.update({k: round(v, 3) for k, v in timings.items()})
     return Reconstruction(model, video.frames, fit, metrics)
 
 
-def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None) -> InstaxResult:
+def run(
+    image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None
+) -> InstaxResult:
     """Photo (HxWx3 uint8) -> Gaussian head via SV3D + bound-Gaussian construction (METHOD B)."""
     cfg = _preset(preset, options)
     reporter = reporter or NullReporter()

@@ -1,4 +1,5 @@
 """Write a pipeline's result to a folder: head.ply and turntable/*.png (atomic writes)."""
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@
 It is Instax3D's construction stage (METHOD B.2) with one real view instead of 21 generated
 ones, so it optionally densifies with absolute gradients.
 """
+
 from __future__ import annotations
 
 import time
@@ -61,13 +62,19 @@ class PhotoPreset:
 
 
 PRESETS: dict[str, PhotoPreset] = {
-    "preview": PhotoPreset(n_points=3000, steps=30, fit_res=96, preview_every=10, turntable_frames=8, turntable_res=128),
+    "preview": PhotoPreset(
+        n_points=3000, steps=30, fit_res=96, preview_every=10, turntable_frames=8, turntable_res=128
+    ),
     "default": PhotoPreset(),
     "paper_init": PhotoPreset(project_photo_colours=False, hidden_opacity=INIT_OPACITY),  # METHOD A.1 exactly
     "quality": PhotoPreset(
-        n_points=20_000, steps=1200, fit_res=256, strategy="absgrad",
+        n_points=20_000,
+        steps=1200,
+        fit_res=256,
+        strategy="absgrad",
         strategy_overrides={"refine_every": 200, "refine_stop_iter": 1000, "grow_grad2d": 0.0008},
-        turntable_frames=48, turntable_res=512,
+        turntable_frames=48,
+        turntable_res=512,
     ),
 }
 
@@ -89,7 +96,9 @@ def head_crop_camera(fit, mesh, res: int, pad: float = 0.12) -> tuple[Cameras, t
     side = int(np.ceil((hi - lo).max() * (1 + 2 * pad)))
     x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
     s = res / side
-    K = torch.tensor([[fit.fx * s, 0, (fit.cx - x0) * s], [0, fit.fy * s, (fit.cy - y0) * s], [0, 0, 1]], dtype=torch.float32)
+    K = torch.tensor(
+        [[fit.fx * s, 0, (fit.cx - x0) * s], [0, fit.fy * s, (fit.cy - y0) * s], [0, 0, 1]], dtype=torch.float32
+    )
     V = torch.as_tensor(fit.world_to_camera, dtype=torch.float32)
     return Cameras(V[None], K[None], res, res), (x0, y0, side)
 
@@ -131,7 +140,9 @@ def initial_splats(mesh, fit, image, preset: PhotoPreset, rng) -> tuple[SplatArr
         rgb, visible = np.full((n, 3), 0.5, np.float32), np.zeros(n, bool)
     quats = np.zeros((n, 4), np.float32)
     quats[:, 0] = 1.0
-    opacity = np.where(visible | ~preset.project_photo_colours, preset.opacity, preset.hidden_opacity).astype(np.float32)
+    opacity = np.where(visible | ~preset.project_photo_colours, preset.opacity, preset.hidden_opacity).astype(
+        np.float32
+    )
     splats = SplatArrays(
         means=pts,
         quats=quats,
@@ -202,8 +213,12 @@ def fit_photo_head(image: np.ndarray, cfg: PhotoPreset, *, seed: int = 0, report
         strategy = make_strategy(cfg.strategy, **cfg.strategy_overrides)
     t = time.perf_counter()
     loop_cfg = LoopConfig(
-        steps=cfg.steps, weights=cfg.weights, preview_every=cfg.preview_every, background=(1.0, 1.0, 1.0),
-        absgrad=cfg.strategy == "absgrad", stage="optimise",
+        steps=cfg.steps,
+        weights=cfg.weights,
+        preview_every=cfg.preview_every,
+        background=(1.0, 1.0, 1.0),
+        absgrad=cfg.strategy == "absgrad",
+        stage="optimise",
     )
     optimise(model, loop_cfg, lambda step: cam, [photo_term, prior_term], strategy=strategy, reporter=reporter)
     timings["optimise_s"] = time.perf_counter() - t
@@ -222,7 +237,9 @@ def fit_photo_head(image: np.ndarray, cfg: PhotoPreset, *, seed: int = 0, report
     return PhotoFit(model, fit, face, cam, metrics)
 
 
-def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None) -> RunResult:
+def run(
+    image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None
+) -> RunResult:
     """Photo (HxWx3 uint8) -> Gaussian head. See the module docstring."""
     cfg = _preset(preset, options)
     reporter = reporter or NullReporter()
@@ -247,15 +264,17 @@ def render_model_opaque(model: GaussianModel, cam: Cameras) -> torch.Tensor:
     from ..gaussians.render import render
 
     n = len(model)
-    return render(
-        model.means, model.quats, model.scales * 1.5, torch.full((n,), 0.99), model.rgb_dc, cam
-    ).alpha
+    return render(model.means, model.quats, model.scales * 1.5, torch.full((n,), 0.99), model.rgb_dc, cam).alpha
 
 
 def render_turntable(model: GaussianModel, cfg: PhotoPreset, reporter) -> list[np.ndarray]:
     cams = orbit_cameras(
-        cfg.turntable_frames, radius=0.75, elevation_deg=cfg.turntable_elevation_deg, fov_deg=30,
-        width=cfg.turntable_res, height=cfg.turntable_res,
+        cfg.turntable_frames,
+        radius=0.75,
+        elevation_deg=cfg.turntable_elevation_deg,
+        fov_deg=30,
+        width=cfg.turntable_res,
+        height=cfg.turntable_res,
     )
     frames = []
     for i in range(len(cams)):

@@ -48,11 +48,13 @@ Anything else, or a value out of range, raises :class:`InvalidOptionError`; an u
 raises :class:`ModelMissingError` naming ``python -m backend models download`` before any work.
 Loaded models stay warm in the worker between jobs (:data:`_MODELS`).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,15 +126,36 @@ PRESETS: dict[str, StylizePreset] = {
     "paper": StylizePreset(),
     # ours: ~5x fewer steps, 384 px SAS encoded with TAESD, a smaller style set; see the module docstring
     "fast": StylizePreset(
-        steps=600, render_res=384, sas_resolution=384, encoder="taesd", refine_start_iter=100,
-        style_images=8, style_resolution=384, preview_every=25, turntable_frames=24, turntable_res=256,
-        instax_preset="fast", photo_preset="default",
+        steps=600,
+        render_res=384,
+        sas_resolution=384,
+        encoder="taesd",
+        refine_start_iter=100,
+        style_images=8,
+        style_resolution=384,
+        preview_every=25,
+        turntable_frames=24,
+        turntable_res=256,
+        instax_preset="fast",
+        photo_preset="default",
     ),
     # tests: tiny models on a CPU
     "test": StylizePreset(
-        n_points=400, steps=12, render_res=64, sas_resolution=64, refine_every=5, refine_start_iter=0,
-        style_images=2, style_steps=2, style_resolution=64, mvdream_resolution=64, preview_every=4,
-        turntable_frames=3, turntable_res=32, photo_preset="preview", instax_preset="test",
+        n_points=400,
+        steps=12,
+        render_res=64,
+        sas_resolution=64,
+        refine_every=5,
+        refine_start_iter=0,
+        style_images=2,
+        style_steps=2,
+        style_resolution=64,
+        mvdream_resolution=64,
+        preview_every=4,
+        turntable_frames=3,
+        turntable_res=32,
+        photo_preset="preview",
+        instax_preset="test",
     ),
 }
 PRESETS["default"] = PRESETS["fast"]
@@ -143,14 +166,18 @@ _CHOICES = {"init": ("template", "photo"), "encoder": ("vae", "taesd")}
 def settings(preset: str, options: dict | None) -> tuple[StylizePreset, str]:
     """(the preset with the options applied, the style prompt); typed errors for bad input."""
     if preset not in PRESETS:
-        raise UnknownPresetError(f"The stylize pipeline has no preset {preset!r}.", hint=f"Choose one of: {', '.join(PRESETS)}.")
+        raise UnknownPresetError(
+            f"The stylize pipeline has no preset {preset!r}.", hint=f"Choose one of: {', '.join(PRESETS)}."
+        )
     options = dict(options or {})
     style = str(options.pop("style", "") or DEFAULT_STYLE).strip()
     known = {f.name: f for f in fields(StylizePreset)}
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise InvalidOptionError(f"The stylize pipeline has no option {', '.join(map(repr, unknown))}.",
-                                 hint="Options: style, init, identity, mvdream, encoder, steps (or a preset field).")
+        raise InvalidOptionError(
+            f"The stylize pipeline has no option {', '.join(map(repr, unknown))}.",
+            hint="Options: style, init, identity, mvdream, encoder, steps (or a preset field).",
+        )
     cfg = replace(PRESETS[preset], **options)
     for name, allowed in _CHOICES.items():
         if getattr(cfg, name) not in allowed:
@@ -223,7 +250,9 @@ def load_models(cfg: StylizePreset, device: torch.device, dtype: torch.dtype) ->
 
     sd = _cached("sd15", (str(sd_path), cfg.identity, dev, dtype), sd15)
     cn_path = models.model_path("controlnet_face")
-    controlnet = _cached("controlnet", (str(cn_path), dev, dtype), lambda: models.load_controlnet(cn_path, dtype=dtype, device=dev))
+    controlnet = _cached(
+        "controlnet", (str(cn_path), dev, dtype), lambda: models.load_controlnet(cn_path, dtype=dtype, device=dev)
+    )
     taesd = None
     if cfg.encoder == "taesd":
         tpath = models.model_path("taesd")
@@ -263,20 +292,56 @@ def style_statistics(m: StylizeModels, cfg: StylizePreset, prompt: str, *, seed:
     def progress(done: int, total: int) -> None:
         reporter.progress("style", done, total, f"style set: {cfg.style_images} images of the prompt")
 
-    return style_stats(m.sd, prompt, seed=seed, cache_dir=cache_dir, model_key=m.key, n=cfg.style_images,
-                       steps=cfg.style_steps, guidance_scale=cfg.style_guidance_scale,
-                       resolution=cfg.style_resolution, progress=progress)
+    return style_stats(
+        m.sd,
+        prompt,
+        seed=seed,
+        cache_dir=cache_dir,
+        model_key=m.key,
+        n=cfg.style_images,
+        steps=cfg.style_steps,
+        guidance_scale=cfg.style_guidance_scale,
+        resolution=cfg.style_resolution,
+        progress=progress,
+    )
 
 
-def sas_term(m: StylizeModels, cfg: StylizePreset, prompt: str, style, *, identity: np.ndarray | None,
-             landmarks: np.ndarray | None, device, dtype, seed: int):
+def sas_term(
+    m: StylizeModels,
+    cfg: StylizePreset,
+    prompt: str,
+    style,
+    *,
+    identity: np.ndarray | None,
+    landmarks: np.ndarray | None,
+    device,
+    dtype,
+    seed: int,
+):
     """The SAS term (A.4, Eq. 8-14) on the loop's view -> ``{"loss_sas": ...}``."""
     from ..guidance.sd_identity import SASSettings, SDIdentityGuidance
 
-    s = SASSettings(guidance_scale=cfg.sas_guidance_scale, schedule=schedule(cfg), control_scale=cfg.control_scale,
-                    ip_adapter_scale=cfg.ip_adapter_scale, resolution=cfg.sas_resolution, encoder=cfg.encoder)
-    return SDIdentityGuidance(m.sd, prompt=prompt, style=style, controlnet=m.controlnet, identity=identity,
-                              landmarks=landmarks, taesd=m.taesd, settings=s, device=device, dtype=dtype, seed=seed)
+    s = SASSettings(
+        guidance_scale=cfg.sas_guidance_scale,
+        schedule=schedule(cfg),
+        control_scale=cfg.control_scale,
+        ip_adapter_scale=cfg.ip_adapter_scale,
+        resolution=cfg.sas_resolution,
+        encoder=cfg.encoder,
+    )
+    return SDIdentityGuidance(
+        m.sd,
+        prompt=prompt,
+        style=style,
+        controlnet=m.controlnet,
+        identity=identity,
+        landmarks=landmarks,
+        taesd=m.taesd,
+        settings=s,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+    )
 
 
 def mvdream_term(m: StylizeModels, cfg: StylizePreset, prompt: str, render_fn, *, device, dtype, seed: int):
@@ -284,22 +349,47 @@ def mvdream_term(m: StylizeModels, cfg: StylizePreset, prompt: str, render_fn, *
     from ..guidance.mvdream import MVDreamGuidance, MVDreamSettings
 
     p = m.mvdream_parts
-    s = MVDreamSettings(guidance_scale=cfg.mvdream_guidance_scale, resolution=cfg.mvdream_resolution, schedule=schedule(cfg))
+    s = MVDreamSettings(
+        guidance_scale=cfg.mvdream_guidance_scale, resolution=cfg.mvdream_resolution, schedule=schedule(cfg)
+    )
     # SD2.1 shares SD1.5's latent space, so TAESD stands in for MVDream's VAE as for SAS's
     vae = m.taesd if cfg.encoder == "taesd" else p.vae
-    return MVDreamGuidance(m.mvdream_unet, p.text_encoder, p.tokenizer, vae, p.scheduler, prompt=prompt,
-                           render_fn=render_fn, settings=s, device=device, dtype=dtype, seed=seed)
+    return MVDreamGuidance(
+        m.mvdream_unet,
+        p.text_encoder,
+        p.tokenizer,
+        vae,
+        p.scheduler,
+        prompt=prompt,
+        render_fn=render_fn,
+        settings=s,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+    )
 
 
 def view_sampler(cfg: StylizePreset, seed: int) -> RandomViewSampler:
-    return RandomViewSampler(cfg.radius_range, cfg.elevation_range_deg, cfg.azimuth_range_deg, cfg.fov_range_deg,
-                             cfg.render_res, cfg.render_res, seed=seed)
+    return RandomViewSampler(
+        cfg.radius_range,
+        cfg.elevation_range_deg,
+        cfg.azimuth_range_deg,
+        cfg.fov_range_deg,
+        cfg.render_res,
+        cfg.render_res,
+        seed=seed,
+    )
 
 
 def make_densifier(cfg: StylizePreset):
     """strategies.PRESETS["sas_paper"] (A.2-A.3), its cadence scaled to this run's length."""
-    return make_strategy("sas_paper", refine_every=cfg.refine_every, refine_start_iter=cfg.refine_start_iter,
-                         refine_stop_iter=cfg.steps, reset_every=max(cfg.steps, 1))
+    return make_strategy(
+        "sas_paper",
+        refine_every=cfg.refine_every,
+        refine_start_iter=cfg.refine_start_iter,
+        refine_stop_iter=cfg.steps,
+        reset_every=max(cfg.steps, 1),
+    )
 
 
 # -------------------------------------------------------------------------- the face
@@ -327,34 +417,75 @@ def analyse(image: np.ndarray, cfg: StylizePreset, reporter, face=None, fit=None
         from ..face.identity import analyse_identity
 
         embedding = analyse_identity(image, backend="insightface").embedding
-    reporter.progress("face", 1, 1, f"yaw {face.yaw_pitch_roll[0]:.0f} deg" + (", identity embedded" if cfg.identity else ", text only"))
+    reporter.progress(
+        "face",
+        1,
+        1,
+        f"yaw {face.yaw_pitch_roll[0]:.0f} deg" + (", identity embedded" if cfg.identity else ", text only"),
+    )
     return Face(landmarks, embedding, fit, float(face.yaw_pitch_roll[0]))
 
 
 def template_splats(fit, cfg: StylizePreset, seed: int):
     """METHOD A.1: N points on the fitted template, opacity 0.2, scale 0.02 head units, grey."""
-    return init_gaussians(fit.mesh(), n=cfg.n_points, opacity=cfg.init_opacity, scale=cfg.init_scale,
-                          rng=np.random.default_rng(seed))
+    return init_gaussians(
+        fit.mesh(), n=cfg.n_points, opacity=cfg.init_opacity, scale=cfg.init_scale, rng=np.random.default_rng(seed)
+    )
 
 
 # ------------------------------------------------------------------------------- run
 
 
-def stylize(model: GaussianModel, face: Face, m: StylizeModels, cfg: StylizePreset, prompt: str, *, seed: int,
-            reporter, device, dtype) -> dict[str, float]:
+def stylize(
+    model: GaussianModel,
+    face: Face,
+    m: StylizeModels,
+    cfg: StylizePreset,
+    prompt: str,
+    *,
+    seed: int,
+    reporter,
+    device,
+    dtype,
+) -> dict[str, float]:
     """The style set, then the SAS (+ MVDream) loop on ``model`` in place; returns metrics."""
     t = time.perf_counter()
     style = style_statistics(m, cfg, prompt, seed=seed, reporter=reporter)
     style_s = time.perf_counter() - t
     bg = torch.ones(3, device=device)
-    terms = [sas_term(m, cfg, prompt, style, identity=face.identity, landmarks=face.landmarks,
-                      device=device, dtype=dtype, seed=seed)]
+    terms = [
+        sas_term(
+            m,
+            cfg,
+            prompt,
+            style,
+            identity=face.identity,
+            landmarks=face.landmarks,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+        )
+    ]
     if cfg.mvdream:
-        terms.append(mvdream_term(m, cfg, prompt, lambda cams: render_model(model, cams, background=bg),
-                                  device=device, dtype=dtype, seed=seed))
+        terms.append(
+            mvdream_term(
+                m,
+                cfg,
+                prompt,
+                lambda cams: render_model(model, cams, background=bg),
+                device=device,
+                dtype=dtype,
+                seed=seed,
+            )
+        )
     sampler = view_sampler(cfg, seed)
-    loop = LoopConfig(steps=cfg.steps, weights={"loss_sas": SAS_WEIGHT, "loss_mvdream": MVDREAM_WEIGHT},
-                      preview_every=cfg.preview_every, background=(1.0, 1.0, 1.0), stage="stylize")
+    loop = LoopConfig(
+        steps=cfg.steps,
+        weights={"loss_sas": SAS_WEIGHT, "loss_mvdream": MVDREAM_WEIGHT},
+        preview_every=cfg.preview_every,
+        background=(1.0, 1.0, 1.0),
+        stage="stylize",
+    )
     sums: dict[str, float] = {}
 
     def on_step(step: int, losses: dict[str, float]) -> None:
@@ -363,13 +494,26 @@ def stylize(model: GaussianModel, face: Face, m: StylizeModels, cfg: StylizePres
 
     reporter.preview(model.to_splats(), 0)
     t = time.perf_counter()
-    last = optimise(model, loop, lambda step: sampler.sample(step).to(device), terms, strategy=make_densifier(cfg),
-                    reporter=reporter, on_step=on_step)
+    last = optimise(
+        model,
+        loop,
+        lambda step: sampler.sample(step).to(device),
+        terms,
+        strategy=make_densifier(cfg),
+        reporter=reporter,
+        on_step=on_step,
+    )
     optimise_s = time.perf_counter() - t
     metrics = {k: float(v) for k, v in last.items()}
     metrics.update({f"mean_{k}": v / cfg.steps for k, v in sums.items()})
-    metrics.update({"style_s": round(style_s, 3), "optimise_s": round(optimise_s, 3),
-                    "s_per_step": round(optimise_s / cfg.steps, 4), "steps": cfg.steps})
+    metrics.update(
+        {
+            "style_s": round(style_s, 3),
+            "optimise_s": round(optimise_s, 3),
+            "s_per_step": round(optimise_s / cfg.steps, 4),
+            "steps": cfg.steps,
+        }
+    )
     return metrics
 
 
@@ -377,8 +521,14 @@ def render_turntable(model: GaussianModel, cfg: StylizePreset, reporter) -> list
     from ..gaussians.cameras import orbit_cameras
 
     device = model.means.device
-    cams = orbit_cameras(cfg.turntable_frames, radius=0.75, elevation_deg=cfg.turntable_elevation_deg, fov_deg=30,
-                         width=cfg.turntable_res, height=cfg.turntable_res).to(device)
+    cams = orbit_cameras(
+        cfg.turntable_frames,
+        radius=0.75,
+        elevation_deg=cfg.turntable_elevation_deg,
+        fov_deg=30,
+        width=cfg.turntable_res,
+        height=cfg.turntable_res,
+    ).to(device)
     frames = []
     with torch.no_grad():
         for i in range(len(cams)):
@@ -433,21 +583,32 @@ def _run(image: np.ndarray, pipeline: str, preset: str, seed: int, options: dict
     timings["turntable_s"] = time.perf_counter() - t
     metrics.update(extra)
     metrics.update({k: round(v, 3) for k, v in timings.items()})
-    metrics.update({"n_splats": float(len(model)), "n_init": float(len(splats)), "style": prompt,
-                    "identity": cfg.identity, "mvdream": cfg.mvdream, "encoder": cfg.encoder,
-                    "template_reprojection_px": float(face.fit.reprojection_error_px)})
+    metrics.update(
+        {
+            "n_splats": float(len(model)),
+            "n_init": float(len(splats)),
+            "style": prompt,
+            "identity": cfg.identity,
+            "mvdream": cfg.mvdream,
+            "encoder": cfg.encoder,
+            "template_reprojection_px": float(face.fit.reprojection_error_px),
+        }
+    )
     result = model.to_splats()
     result.check_finite()
     return RunResult(splats=result, turntable=frames, metrics=metrics)
 
 
-def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None) -> RunResult:
+def run(
+    image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None
+) -> RunResult:
     """Photo (HxWx3 uint8) + ``options["style"]`` -> stylised Gaussian head. See the module docstring."""
     return _run(image, "stylize", preset, seed, options, reporter)
 
 
-def run_instax(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None,
-               reporter=None) -> RunResult:
+def run_instax(
+    image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None
+) -> RunResult:
     """``instax+stylize``: Instax3D's reconstruction (backend.pipelines.instax.reconstruct_head)
     as the start, then the same SAS (+ MVDream) loop. ``options["init"]`` is ignored."""
     return _run(image, "instax+stylize", preset, seed, options, reporter)

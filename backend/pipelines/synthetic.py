@@ -22,6 +22,7 @@ Options (all optional):
     hang_seconds   default 30
     turntable      number of flat 8x8 turntable frames to return, frame i filled with value i (default 0)
 """
+
 from __future__ import annotations
 
 import os
@@ -63,7 +64,14 @@ def random_splats(n: int, rng: np.random.Generator, sh_degree: int = 0, rgb: np.
     )
 
 
-def run(image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter: Reporter | None = None) -> RunResult:
+def run(
+    image: np.ndarray,
+    *,
+    preset: str = "default",
+    seed: int = 0,
+    options: dict | None = None,
+    reporter: Reporter | None = None,
+) -> RunResult:
     from backend.errors import CancelledError, PortraitSplatError
 
     opts = {**DEFAULTS, **(options or {})}

@@ -30,6 +30,7 @@ anchors onto the corresponding MediaPipe landmarks (scipy.optimize.least_squares
 from OpenCV's SQPnP solution and from a frontal guess; the better end point wins.
 Deterministic; a few milliseconds per fit.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -188,8 +189,7 @@ class HeadFit:
         return build_head(self.params)
 
 
-def _model_points(anchors: np.ndarray, x: np.ndarray, fixed_scale: float, distance: float | None,
-                  fit_props: bool):
+def _model_points(anchors: np.ndarray, x: np.ndarray, fixed_scale: float, distance: float | None, fit_props: bool):
     """Camera-space anchors [K, 3] for the parameter vector x."""
     rotvec, a, b, s3 = x[:3], x[3], x[4], x[5]
     if distance is None:
@@ -208,7 +208,7 @@ def fit_head(
     *,
     fov_y_deg: float = DEFAULT_FOV_Y_DEG,
     landmarks3d: np.ndarray | None = None,
-    base: HeadShapeParams = HeadShapeParams(),
+    base: HeadShapeParams | None = None,
     scale: float = 1.0,
     camera_distance: float | None = None,
     fit_proportions: bool = True,
@@ -243,6 +243,7 @@ def fit_head(
     if not np.all(np.isfinite(obs)):
         raise ValueError("landmarks2d holds NaN or Inf at the anchor landmarks")
     fx, fy, cx, cy = intrinsics_from_fov(width, height, fov_y_deg)
+    base = base if base is not None else HeadShapeParams()
     anchors = build_head(base).anchor_array(names)  # [K, 3]
     w = np.array([LANDMARK_WEIGHTS.get(n, 1.0) for n in names])
 
@@ -275,8 +276,7 @@ def fit_head(
     for x0 in starts:
         if fit_proportions:
             x0 = np.concatenate([x0, [0.0, 0.0]])
-        sol = least_squares(residuals, x0, loss="soft_l1", f_scale=3.0, method="trf", x_scale="jac",
-                            max_nfev=200)
+        sol = least_squares(residuals, x0, loss="soft_l1", f_scale=3.0, method="trf", x_scale="jac", max_nfev=200)
         if best is None or sol.cost < best.cost:
             best = sol
     x = best.x
@@ -298,7 +298,12 @@ def fit_head(
         proportions=(sx, sz),
         head_rotation=r_head,
         world_to_camera=w2c,
-        fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height,
+        fx=fx,
+        fy=fy,
+        cx=cx,
+        cy=cy,
+        width=width,
+        height=height,
         reprojection_error_px=float(np.sqrt(np.mean(np.sum(res**2, axis=1)))),
         residuals_px=res,
         names=names,
@@ -318,8 +323,9 @@ def _initial_guesses(anchors, obs, fx, fy, cx, cy, scale, distance, face_px) -> 
         import cv2
 
         k = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-        ok, rvec, tvec = cv2.solvePnP((anchors * scale).astype(np.float64), obs.astype(np.float64), k, None,
-                                      flags=cv2.SOLVEPNP_SQPNP)
+        ok, rvec, tvec = cv2.solvePnP(
+            (anchors * scale).astype(np.float64), obs.astype(np.float64), k, None, flags=cv2.SOLVEPNP_SQPNP
+        )
         if ok:
             r_wc, _ = cv2.Rodrigues(rvec)
             t = tvec.ravel()
@@ -327,8 +333,9 @@ def _initial_guesses(anchors, obs, fx, fy, cx, cy, scale, distance, face_px) -> 
             if t[2] > 0 and facing:
                 r_head = FRONT_VIEW.T @ r_wc
                 last = np.log(t[2]) if distance is None else np.log(scale * distance / np.linalg.norm(t))
-                starts.append(np.concatenate([Rotation.from_matrix(r_head).as_rotvec(),
-                                              [t[0] / t[2], t[1] / t[2], last]]))
+                starts.append(
+                    np.concatenate([Rotation.from_matrix(r_head).as_rotvec(), [t[0] / t[2], t[1] / t[2], last]])
+                )
     except ImportError:  # OpenCV is optional here: the frontal start alone converges for |yaw| < ~45 deg
         pass
     starts.append(frontal)

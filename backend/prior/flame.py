@@ -10,6 +10,7 @@ FLAME's frame: metres, +Y up, the face looks toward +Z, +X is the subject's left
 a proper rotation; the origin is then moved to roughly where the template's is (see
 ``mesh_from_flame_arrays``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,7 +38,9 @@ def load_flame(path: str | Path) -> HeadMesh:
     """
     path = Path(path)
     if path.suffix.lower() == ".pkl":
-        raise ValueError(f"{path.name} is a pickle, which PortraitSplat does not load (it can run code). {CONVERT_HINT}")
+        raise ValueError(
+            f"{path.name} is a pickle, which PortraitSplat does not load (it can run code). {CONVERT_HINT}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no FLAME file at {path}")
     try:

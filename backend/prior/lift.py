@@ -15,6 +15,7 @@ Usage::
     fit = fit_head(face.landmarks2d, (w, h), landmarks3d=face.landmarks3d)
     lm3d = lift_landmarks(fit, face.landmarks2d, face.landmarks3d)   # [478, 3] head frame, metres
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,9 @@ from .fit import HeadFit
 from .template import HeadMesh, ray_mesh_hits
 
 
-def lift_landmarks(fit: HeadFit, landmarks2d: np.ndarray, landmarks3d: np.ndarray | None = None,
-                   mesh: HeadMesh | None = None) -> np.ndarray:
+def lift_landmarks(
+    fit: HeadFit, landmarks2d: np.ndarray, landmarks3d: np.ndarray | None = None, mesh: HeadMesh | None = None
+) -> np.ndarray:
     """Head-frame positions [N, 3] (float32, metres) of the photo's landmarks [N, 2] (pixels)."""
     uv = np.asarray(landmarks2d, np.float64)[:, :2]
     mesh = mesh or fit.mesh()

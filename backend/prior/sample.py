@@ -1,9 +1,10 @@
 """Points on the head surface, the initial Gaussians, and colours from the photo.
 
-    pts, nrm, fid = sample_surface(head, 10_000, rng)          # area-uniform samples
-    splats = init_gaussians(head, rng=rng)                       # METHOD A.1 initial values
-    rgb, visible = project_colors(pts, nrm, image, fit)          # the photo's colours, where seen
+pts, nrm, fid = sample_surface(head, 10_000, rng)          # area-uniform samples
+splats = init_gaussians(head, rng=rng)                       # METHOD A.1 initial values
+rgb, visible = project_colors(pts, nrm, image, fit)          # the photo's colours, where seen
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,8 +61,14 @@ def sample_surface(mesh: HeadMesh, n: int = INIT_POINTS, rng=None):
     return pts.astype(np.float32), nrm.astype(np.float32), fid.astype(np.int64)
 
 
-def init_gaussians(mesh: HeadMesh, n: int = INIT_POINTS, opacity: float = INIT_OPACITY,
-                   scale: float = INIT_SCALE, rng=None, colors: np.ndarray | None = None) -> SplatArrays:
+def init_gaussians(
+    mesh: HeadMesh,
+    n: int = INIT_POINTS,
+    opacity: float = INIT_OPACITY,
+    scale: float = INIT_SCALE,
+    rng=None,
+    colors: np.ndarray | None = None,
+) -> SplatArrays:
     """METHOD A.1 initial Gaussians on the head surface.
 
     Isotropic std-dev ``scale * head_unit(mesh)`` metres, identity rotation, opacity
@@ -127,8 +134,14 @@ def depth_buffer(mesh: HeadMesh, fit, samples: int = 300_000, rng=0):
     return buf.reshape(rows, cols), cell
 
 
-def project_colors(points: np.ndarray, normals: np.ndarray, image: np.ndarray, fit,
-                   mesh: HeadMesh | None = None, depth_tol: float = 0.004):
+def project_colors(
+    points: np.ndarray,
+    normals: np.ndarray,
+    image: np.ndarray,
+    fit,
+    mesh: HeadMesh | None = None,
+    depth_tol: float = 0.004,
+):
     """The photo's colour at each head-frame point, and whether the photo sees it.
 
     A point is visible when it projects inside the image in front of the camera, its normal

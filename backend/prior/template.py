@@ -29,6 +29,7 @@ Usage::
     head.anchors["nose_tip"]                  # [3] point on the surface
     wide = build_head(HeadShapeParams().scaled(1.1, 1.0, 1.0))   # exactly diag(1.1, 1, 1) * head
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,10 +45,18 @@ VOXEL_M = 0.005  # marching-cubes voxel, metres, in the default-size frame
 
 # Which axis each measurement lives on: scaling that axis by k scales the measurement by k.
 _AXIS = {
-    "width": 0, "jaw_width": 0, "nose_width": 0, "eye_spacing": 0, "mouth_width": 0,
+    "width": 0,
+    "jaw_width": 0,
+    "nose_width": 0,
+    "eye_spacing": 0,
+    "mouth_width": 0,
     "neck_radius": 0,
-    "depth": 1, "nose_depth": 1,
-    "height": 2, "chin_drop": 2, "nose_length": 2, "ear_size": 2,
+    "depth": 1,
+    "nose_depth": 1,
+    "height": 2,
+    "chin_drop": 2,
+    "nose_length": 2,
+    "ear_size": 2,
 }
 
 
@@ -60,15 +69,15 @@ class HeadShapeParams:
     ``build_head`` honours that exactly (the fit relies on it).
     """
 
-    width: float = 0.150        # x: cranium breadth (euryon to euryon), ears excluded
-    depth: float = 0.195        # y: brow (glabella) to back of the head
-    height: float = 0.230       # z: chin (menton) to crown (vertex)
-    jaw_width: float = 0.105    # x: gonion to gonion
-    chin_drop: float = 0.047    # z: mouth corners to the bottom of the chin
+    width: float = 0.150  # x: cranium breadth (euryon to euryon), ears excluded
+    depth: float = 0.195  # y: brow (glabella) to back of the head
+    height: float = 0.230  # z: chin (menton) to crown (vertex)
+    jaw_width: float = 0.105  # x: gonion to gonion
+    chin_drop: float = 0.047  # z: mouth corners to the bottom of the chin
     nose_length: float = 0.043  # z: nasion (between the eyes) down to the nose tip
-    nose_depth: float = 0.020   # y: how far the nose tip stands in front of the brow
-    nose_width: float = 0.035   # x: across the nostril wings (alae)
-    ear_size: float = 0.062     # z: ear height
+    nose_depth: float = 0.020  # y: how far the nose tip stands in front of the brow
+    nose_width: float = 0.035  # x: across the nostril wings (alae)
+    ear_size: float = 0.062  # z: ear height
     neck_radius: float = 0.056  # x: neck stub radius
     eye_spacing: float = 0.063  # x: between the pupils (interpupillary distance)
     mouth_width: float = 0.050  # x: between the mouth corners
@@ -79,7 +88,7 @@ class HeadShapeParams:
             if not (np.isfinite(v) and v > 0):
                 raise ValueError(f"HeadShapeParams.{f.name} must be a positive number of metres, got {v!r}")
 
-    def scaled(self, kx: float, ky: float | None = None, kz: float | None = None) -> "HeadShapeParams":
+    def scaled(self, kx: float, ky: float | None = None, kz: float | None = None) -> HeadShapeParams:
         """The same head stretched by kx, ky, kz along x, y, z (one number: uniform)."""
         k = (kx, kx if ky is None else ky, kx if kz is None else kz)
         return replace(self, **{name: getattr(self, name) * k[axis] for name, axis in _AXIS.items()})
@@ -130,15 +139,26 @@ class HeadMesh:
 
 
 ANCHOR_NAMES = (
-    "nose_tip", "chin", "forehead",
-    "right_eye_outer", "right_eye_inner", "left_eye_inner", "left_eye_outer",
-    "mouth_right", "mouth_left",
-    "right_cheek", "left_cheek",   # face-oval sides in front of the ears (MediaPipe 234 / 454)
-    "right_ear", "left_ear", "crown", "back_of_head",
+    "nose_tip",
+    "chin",
+    "forehead",
+    "right_eye_outer",
+    "right_eye_inner",
+    "left_eye_inner",
+    "left_eye_outer",
+    "mouth_right",
+    "mouth_left",
+    "right_cheek",
+    "left_cheek",  # face-oval sides in front of the ears (MediaPipe 234 / 454)
+    "right_ear",
+    "left_ear",
+    "crown",
+    "back_of_head",
 )
 
 
 # ---------------------------------------------------------------- mesh helpers
+
 
 def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Unit normals [F, 3] of triangles with counter-clockwise (outward) winding."""
@@ -159,8 +179,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def ray_mesh_hits(origins: np.ndarray, directions: np.ndarray, vertices: np.ndarray,
-                  faces: np.ndarray) -> np.ndarray:
+def ray_mesh_hits(origins: np.ndarray, directions: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Distance along each ray [R] to its nearest triangle hit (inf where it misses).
 
     Möller–Trumbore, vectorised over triangles; meant for a few dozen rays.
@@ -186,6 +205,7 @@ def ray_mesh_hits(origins: np.ndarray, directions: np.ndarray, vertices: np.ndar
 
 # ---------------------------------------------------------- implicit primitives
 # Each returns an approximate signed distance (metres, negative inside) at points p [..., 3].
+
 
 def _smin(a, b, k):
     """Polynomial smooth minimum (a blend of width ~k); k = 0 is the plain minimum."""
@@ -216,7 +236,7 @@ def _ellipsoid(p, c, r, rot=None):
 
 def _superellipsoid(p, c, r, e):
     q = np.abs(p - np.asarray(c)) / np.asarray(r)
-    f = np.sum(q ** e, axis=-1) ** (1.0 / e)
+    f = np.sum(q**e, axis=-1) ** (1.0 / e)
     return (f - 1.0) * float(np.min(r))
 
 
@@ -270,11 +290,14 @@ def _layout(params: HeadShapeParams) -> dict:
     """Feature measurements in the default-size frame (metres), from the parameters."""
     k = params.axis_factors()
     return {
-        "jaw": params.jaw_width / k[0], "nose_w": params.nose_width / k[0],
-        "eye": params.eye_spacing / k[0], "mouth": params.mouth_width / k[0],
+        "jaw": params.jaw_width / k[0],
+        "nose_w": params.nose_width / k[0],
+        "eye": params.eye_spacing / k[0],
+        "mouth": params.mouth_width / k[0],
         "neck": params.neck_radius / k[0],
         "nose_d": params.nose_depth / k[1],
-        "chin_drop": params.chin_drop / k[2], "nose_l": params.nose_length / k[2],
+        "chin_drop": params.chin_drop / k[2],
+        "nose_l": params.nose_length / k[2],
         "ear": params.ear_size / k[2],
     }
 
@@ -322,7 +345,9 @@ def head_sdf(p: np.ndarray, params: HeadShapeParams = HeadShapeParams()) -> np.n
     tip_z = _NASION_Z - L["nose_l"]
     s.cone((0.0, _BROW_Y + 0.008, _NASION_Z), (0.0, tip_y + 0.010, tip_z + 0.002), 0.0065, 0.0095, 0.006)
     s.ellipsoid((0.0, tip_y + 0.0095, tip_z), (0.010, 0.0095, 0.0095), 0.004)
-    s.ellipsoid((L["nose_w"] / 2 - 0.0075, tip_y + 0.021, tip_z - 0.004), (0.0075, 0.0085, 0.0075), 0.005, mirrored=True)
+    s.ellipsoid(
+        (L["nose_w"] / 2 - 0.0075, tip_y + 0.021, tip_z - 0.004), (0.0075, 0.0085, 0.0075), 0.005, mirrored=True
+    )
     # Lips.
     mw = L["mouth"] / 2
     s.ellipsoid((0.0, -0.085, mouth_z + 0.0045), (mw, 0.0105, 0.0065), 0.006)
@@ -336,6 +361,7 @@ def head_sdf(p: np.ndarray, params: HeadShapeParams = HeadShapeParams()) -> np.n
 
 
 # ------------------------------------------------------------------ build
+
 
 def _marching_cubes(params: HeadShapeParams) -> tuple[np.ndarray, np.ndarray]:
     from skimage.measure import marching_cubes

@@ -15,6 +15,7 @@ are bound, so the file appearing is the readiness handshake: no sleeps, no port 
 A stale file from an earlier run is removed before launch so it is never mistaken for the
 new server's.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,14 @@ class BackendCommand:
 
     def argv(self) -> list[str]:
         return [
-            self.python, "-m", "backend", "serve",
-            "--connection-file", str(self.connection_file),
-            "--state-dir", str(self.state_dir),
+            self.python,
+            "-m",
+            "backend",
+            "serve",
+            "--connection-file",
+            str(self.connection_file),
+            "--state-dir",
+            str(self.state_dir),
             *self.extra_args,
         ]
 

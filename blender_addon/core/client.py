@@ -24,14 +24,16 @@ Usage::
     splats, ply_bytes = client.get_result(job_id)
     client.close()
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -110,7 +112,11 @@ class Client:
         name: str = CLIENT_NAME,
         event_hwm: int = 2,
     ):
-        self.info = connection if isinstance(connection, ConnectionInfo) else read_connection_file(Path(connection).expanduser())
+        self.info = (
+            connection
+            if isinstance(connection, ConnectionInfo)
+            else read_connection_file(Path(connection).expanduser())
+        )
         self.name = name
         self.session = Session(self.info.key_bytes, limits=limits or Limits.for_client())
         self._own_context = context is None
@@ -218,7 +224,7 @@ class Client:
         if self._own_context:
             self.context.term()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -308,7 +314,10 @@ class Client:
             if isinstance(env.message, Error):
                 raise _service_error(env.message)
             if not isinstance(env.message, reply_type):
-                raise ProtocolError("invalid_content", f"expected {reply_type.msg_type} in reply to {msg.msg_type}, got {env.message.msg_type}")
+                raise ProtocolError(
+                    "invalid_content",
+                    f"expected {reply_type.msg_type} in reply to {msg.msg_type}, got {env.message.msg_type}",
+                )
             return env.message
 
     def ping(self, timeout: float = 5.0) -> float:
@@ -333,9 +342,16 @@ class Client:
     ) -> str:
         """Queue a job; returns its id. Events follow on :meth:`poll`."""
         msg = SubmitJob(
-            image=bytes(image), pipeline=pipeline, preset=preset, seed=int(seed), style_prompt=style_prompt,
-            options=dict(options or {}), image_name=image_name, preview_hz=preview_hz, preview_dtype=preview_dtype,
-        )  # fmt: skip
+            image=bytes(image),
+            pipeline=pipeline,
+            preset=preset,
+            seed=int(seed),
+            style_prompt=style_prompt,
+            options=dict(options or {}),
+            image_name=image_name,
+            preview_hz=preview_hz,
+            preview_dtype=preview_dtype,
+        )
         reply = self._request(msg, JobAccepted, timeout)
         return reply.job_id
 
@@ -407,10 +423,17 @@ class Client:
             raise ServiceError("not_found", f"the backend has no job {job_id}")
         state = record.get("state")
         if state == "done":
-            msg: JobDone | JobFailed = JobDone(job_id=job_id, n_gaussians=record.get("n_gaussians") or 0, metrics=record.get("metrics") or {})
+            msg: JobDone | JobFailed = JobDone(
+                job_id=job_id, n_gaussians=record.get("n_gaussians") or 0, metrics=record.get("metrics") or {}
+            )
         elif state in ("failed", "cancelled", "interrupted"):
             err = record.get("error") or {}
-            msg = JobFailed(job_id=job_id, code=err.get("code", state), message=err.get("message", f"job {state}"), hint=err.get("hint", ""))
+            msg = JobFailed(
+                job_id=job_id,
+                code=err.get("code", state),
+                message=err.get("message", f"job {state}"),
+                hint=err.get("hint", ""),
+            )
         else:
             return None
         self._finished.add(job_id)

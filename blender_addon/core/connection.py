@@ -9,6 +9,7 @@ signing key), read by the Blender add-on and the CLI::
 
 bpy-free and torch-free: the add-on imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,13 +65,15 @@ class ConnectionInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ConnectionInfo":
+    def from_dict(cls, data: dict) -> ConnectionInfo:
         names = {f.name for f in fields(cls)}
         missing = [n for n in ("ip", "router_port", "pub_port", "key") if n not in data]
         if missing:
             raise ConnectionFileError(f"connection file lacks {', '.join(missing)}")
         if data.get("signature_scheme", SIGNATURE_SCHEME) != SIGNATURE_SCHEME:
-            raise ConnectionFileError(f"unsupported signature scheme {data['signature_scheme']!r}; expected {SIGNATURE_SCHEME!r}")
+            raise ConnectionFileError(
+                f"unsupported signature scheme {data['signature_scheme']!r}; expected {SIGNATURE_SCHEME!r}"
+            )
         info = cls(**{k: v for k, v in data.items() if k in names})
         if not isinstance(info.router_port, int) or not isinstance(info.pub_port, int):
             raise ConnectionFileError("connection file ports must be integers")

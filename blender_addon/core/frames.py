@@ -13,6 +13,7 @@ M is a proper rotation (det +1), so Gaussian scales are unchanged and orientatio
 compose: q_ply = q_M * q_head (wxyz Hamilton product). View-dependent colour (SH bands 1..3)
 turns with M too (``sh.rotate_sh``); the DC colour does not change.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,9 +50,15 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     w, x, y, z = np.moveaxis(q, -1, 0)
     return np.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         axis=-1,
     ).reshape(q.shape[:-1] + (3, 3))
@@ -62,15 +69,50 @@ def matrix_to_quat(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
     # Shepperd's method via the largest diagonal of the 4x4 symmetric K matrix.
     m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    k = np.stack(
-        [
-            np.stack([m00 + m11 + m22, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-            np.stack([m[..., 2, 1] - m[..., 1, 2], m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-            np.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], m11 - m00 - m22, m[..., 1, 2] + m[..., 2, 1]], -1),
-            np.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], m22 - m00 - m11], -1),
-        ],
-        -2,
-    ) / 3.0
+    k = (
+        np.stack(
+            [
+                np.stack(
+                    [
+                        m00 + m11 + m22,
+                        m[..., 2, 1] - m[..., 1, 2],
+                        m[..., 0, 2] - m[..., 2, 0],
+                        m[..., 1, 0] - m[..., 0, 1],
+                    ],
+                    -1,
+                ),
+                np.stack(
+                    [
+                        m[..., 2, 1] - m[..., 1, 2],
+                        m00 - m11 - m22,
+                        m[..., 0, 1] + m[..., 1, 0],
+                        m[..., 0, 2] + m[..., 2, 0],
+                    ],
+                    -1,
+                ),
+                np.stack(
+                    [
+                        m[..., 0, 2] - m[..., 2, 0],
+                        m[..., 0, 1] + m[..., 1, 0],
+                        m11 - m00 - m22,
+                        m[..., 1, 2] + m[..., 2, 1],
+                    ],
+                    -1,
+                ),
+                np.stack(
+                    [
+                        m[..., 1, 0] - m[..., 0, 1],
+                        m[..., 0, 2] + m[..., 2, 0],
+                        m[..., 1, 2] + m[..., 2, 1],
+                        m22 - m00 - m11,
+                    ],
+                    -1,
+                ),
+            ],
+            -2,
+        )
+        / 3.0
+    )
     _, vecs = np.linalg.eigh(k)
     q = vecs[..., :, -1]  # eigenvector of the largest eigenvalue
     return q * np.where(q[..., :1] < 0, -1.0, 1.0)

@@ -34,6 +34,7 @@ Usage::
     env = session.recv(dealer)                            # Envelope; raises ProtocolError
     if isinstance(env.message, Pong): ...
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,9 +45,10 @@ import sys
 import types
 import typing
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from datetime import datetime, timezone
-from typing import Any, ClassVar, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import numpy as np
 import zmq
@@ -61,7 +63,20 @@ MiB = 2**20
 # dtype names allowed in buffer descriptors (always little-endian on the wire)
 DTYPES: dict[str, np.dtype] = {
     name: np.dtype(name).newbyteorder("<")
-    for name in ("float16", "float32", "float64", "uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "uint64", "bool")
+    for name in (
+        "float16",
+        "float32",
+        "float64",
+        "uint8",
+        "int8",
+        "uint16",
+        "int16",
+        "uint32",
+        "int32",
+        "int64",
+        "uint64",
+        "bool",
+    )
 }
 BYTES_DTYPE = "bytes"  # a ``bytes`` field (encoded image, PLY file); itemsize 1
 MAX_NDIM = 8
@@ -101,11 +116,11 @@ class Limits:
     max_identities: int = 8
 
     @classmethod
-    def for_client(cls) -> "Limits":
+    def for_client(cls) -> Limits:
         return cls(max_frame_bytes=4096 * MiB, max_total_bytes=8192 * MiB, max_json_bytes=64 * MiB, max_buffers=64)
 
     @classmethod
-    def unlimited(cls) -> "Limits":
+    def unlimited(cls) -> Limits:
         big = 2**62
         return cls(max_frame_bytes=big, max_total_bytes=big, max_json_bytes=big, max_buffers=4096, max_identities=64)
 
@@ -318,10 +333,29 @@ def registry(*classes: type[Message]) -> dict[str, type[Message]]:
 
 
 MESSAGE_TYPES = registry(
-    Hello, Welcome, Ping, Pong, SubmitJob, JobAccepted, Progress, Preview, JobDone, JobFailed,
-    Cancel, CancelReply, ListJobs, JobList, GetResult, Result, DeleteJob, DeleteReply, Heartbeat, Shutdown,
-    ShutdownReply, Error,
-)  # fmt: skip
+    Hello,
+    Welcome,
+    Ping,
+    Pong,
+    SubmitJob,
+    JobAccepted,
+    Progress,
+    Preview,
+    JobDone,
+    JobFailed,
+    Cancel,
+    CancelReply,
+    ListJobs,
+    JobList,
+    GetResult,
+    Result,
+    DeleteJob,
+    DeleteReply,
+    Heartbeat,
+    Shutdown,
+    ShutdownReply,
+    Error,
+)
 
 # PUB topics. Job events go to the submitting session's topic; the "|" ends the session id
 # so that one id can never be a prefix of another's topic.
@@ -406,7 +440,9 @@ def _conforms(value: Any, hint: Any) -> bool:
 
 
 # ------------------------------------------------------------------ array buffers
-def pack_splats(splats: SplatArrays, dtype: str | np.dtype | None = None, field_name: str = "splats") -> tuple[list[dict], list[memoryview]]:
+def pack_splats(
+    splats: SplatArrays, dtype: str | np.dtype | None = None, field_name: str = "splats"
+) -> tuple[list[dict], list[memoryview]]:
     """SplatArrays -> (descriptors, buffers), one buffer per array, zero-copy where the
     arrays are already contiguous little-endian (``dtype="float16"`` converts, for previews)."""
     if dtype is not None:
@@ -582,7 +618,7 @@ class Session:
             msg_type=msg.msg_type,
             protocol_version=PROTOCOL_VERSION,
             session=self.session_id,
-            date=datetime.now(timezone.utc).isoformat(),
+            date=datetime.now(UTC).isoformat(),
         )
         signed = [
             _dump_json(header.to_dict()),
@@ -604,7 +640,9 @@ class Session:
     ) -> str:
         """Send zero-copy; returns the msg_id (match replies on ``Envelope.parent_id``)."""
         msg_id = new_id()
-        frames = self.serialize(msg, parent_id=parent_id, identities=identities, msg_id=msg_id, buffer_dtype=buffer_dtype)
+        frames = self.serialize(
+            msg, parent_id=parent_id, identities=identities, msg_id=msg_id, buffer_dtype=buffer_dtype
+        )
         socket.send_multipart(frames, flags=flags, copy=False)
         return msg_id
 
@@ -628,7 +666,10 @@ class Session:
         identities, d = self.split_identities(frames)
         rest = frames[d + 1 :]
         if len(rest) < 4:
-            raise ProtocolError("malformed", f"expected signature, header, parent and content after the delimiter; got {len(rest)} frames")
+            raise ProtocolError(
+                "malformed",
+                f"expected signature, header, parent and content after the delimiter; got {len(rest)} frames",
+            )
         if len(rest) - 4 > lim.max_buffers:
             raise ProtocolError("oversize", f"{len(rest) - 4} buffer frames; the limit is {lim.max_buffers}")
         total = 0
@@ -644,7 +685,9 @@ class Session:
         if self.key:
             expected = self.sign(signed)
             if not hmac.compare_digest(_buffer_view(signature).tobytes(), expected):
-                raise ProtocolError("bad_signature", "the message signature does not match (wrong key in the connection file?)")
+                raise ProtocolError(
+                    "bad_signature", "the message signature does not match (wrong key in the connection file?)"
+                )
 
         h = _load_json(signed[0], "header", lim.max_json_bytes)
         try:
@@ -699,7 +742,9 @@ class Session:
                     continue
                 value = content[spec.name]
                 if not _conforms(value, spec.hint):
-                    raise ProtocolError("invalid_content", f"{cls.msg_type}.{spec.name} has the wrong type ({type(value).__name__})")
+                    raise ProtocolError(
+                        "invalid_content", f"{cls.msg_type}.{spec.name} has the wrong type ({type(value).__name__})"
+                    )
                 kwargs[spec.name] = value
                 continue
             parts = grouped.get(spec.name)
@@ -739,7 +784,9 @@ def _check_descriptor(desc: Any, buf: Any, specs: dict[str, _FieldSpec]) -> str:
             raise ProtocolError("buffer_mismatch", f"field {name!r} must have dtype {BYTES_DTYPE!r}")
         itemsize = 1
     elif dtype not in DTYPES:
-        raise ProtocolError("buffer_mismatch", f"dtype {str(dtype)[:32]!r} is not allowed (allowed: {', '.join(DTYPES)})")
+        raise ProtocolError(
+            "buffer_mismatch", f"dtype {str(dtype)[:32]!r} is not allowed (allowed: {', '.join(DTYPES)})"
+        )
     else:
         itemsize = DTYPES[dtype].itemsize
     if (
@@ -752,5 +799,7 @@ def _check_descriptor(desc: Any, buf: Any, specs: dict[str, _FieldSpec]) -> str:
     expected = math.prod(shape) * itemsize
     got = _buffer_view(buf).nbytes
     if expected != got:
-        raise ProtocolError("buffer_mismatch", f"field {name!r}: shape {shape} x {dtype} is {expected} bytes, the frame has {got}")
+        raise ProtocolError(
+            "buffer_mismatch", f"field {name!r}: shape {shape} x {dtype} is {expected} bytes, the frame has {got}"
+        )
     return name

@@ -20,14 +20,22 @@ band per rotation, then one matmul per band for all splats.
 No bpy and no torch: numpy only, so the add-on (export with a baked transform) and the PLY
 frame conversion both use it.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 _C1 = 0.4886025119029199
 _C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154, -0.4570457994644658,
-       1.445305721320277, -0.5900435899266435)
+_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
 
 DEGREE_OF_K = {0: 0, 3: 1, 8: 2, 15: 3}  # coefficients beyond DC per colour channel -> SH degree
 
@@ -82,12 +90,12 @@ def band_matrices(rotation: np.ndarray, degree: int) -> list[np.ndarray]:
     before = sh_basis(_DIRS, degree)  # Y(d)
     after = sh_basis(_DIRS @ rot, degree)  # Y(R^T d), rows are (R^T d)^T = d^T R
     mats = []
-    for l in range(1, degree + 1):
-        sl = slice(l * l - 1, (l + 1) * (l + 1) - 1)
+    for ell in range(1, degree + 1):
+        sl = slice(ell * ell - 1, (ell + 1) * (ell + 1) - 1)
         # Y_l(R^T d) = Y_l(d) D_l (row vectors), so Y_l(R^T d) . c = Y_l(d) . (D_l c)
         d_l, *_ = np.linalg.lstsq(before[:, sl], after[:, sl], rcond=None)
         if np.max(np.abs(before[:, sl] @ d_l - after[:, sl])) > 1e-9:
-            raise ArithmeticError(f"SH band {l} did not close under the rotation; the basis is inconsistent")
+            raise ArithmeticError(f"SH band {ell} did not close under the rotation; the basis is inconsistent")
         mats.append(d_l)
     return mats
 
@@ -101,7 +109,7 @@ def rotate_sh(shN: np.ndarray | None, rotation: np.ndarray) -> np.ndarray | None
         raise ValueError(f"shN has {k} coefficients per channel, expected 3, 8 or 15")
     src = np.asarray(shN, dtype=np.float64)
     out = np.empty_like(src)
-    for l, d_l in enumerate(band_matrices(rotation, DEGREE_OF_K[k]), start=1):
-        sl = slice(l * l - 1, (l + 1) * (l + 1) - 1)
+    for ell, d_l in enumerate(band_matrices(rotation, DEGREE_OF_K[k]), start=1):
+        sl = slice(ell * ell - 1, (ell + 1) * (ell + 1) - 1)
         out[:, sl, :] = np.einsum("ij,njc->nic", d_l, src[:, sl, :])
     return out.astype(shN.dtype)

@@ -13,6 +13,7 @@ information is lost in transit:
 
 Float16 is allowed for transport (previews); ``astype`` converts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -118,13 +119,13 @@ class SplatArrays:
         return out
 
     @classmethod
-    def from_dict(cls, arrays: dict[str, np.ndarray]) -> "SplatArrays":
+    def from_dict(cls, arrays: dict[str, np.ndarray]) -> SplatArrays:
         missing = [k for k in _FIELDS[:-1] if k not in arrays]
         if missing:
             raise SplatArrayError(f"missing splat arrays: {', '.join(missing)}")
         return cls(**{k: arrays[k] for k in _FIELDS if k in arrays})
 
-    def astype(self, dtype) -> "SplatArrays":
+    def astype(self, dtype) -> SplatArrays:
         dtype = np.dtype(dtype)
         return SplatArrays(
             **{
@@ -133,18 +134,21 @@ class SplatArrays:
             }
         )
 
-    def subset(self, index: np.ndarray) -> "SplatArrays":
+    def subset(self, index: np.ndarray) -> SplatArrays:
         return SplatArrays(
-            **{
-                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
-                for f in fields(self)
-            }
+            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index]) for f in fields(self)}
         )
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.as_dict().values())
 
     @classmethod
-    def empty(cls) -> "SplatArrays":
+    def empty(cls) -> SplatArrays:
         z = np.zeros
-        return cls(z((0, 3), np.float32), z((0, 4), np.float32), z((0, 3), np.float32), z((0,), np.float32), z((0, 3), np.float32))
+        return cls(
+            z((0, 3), np.float32),
+            z((0, 4), np.float32),
+            z((0, 3), np.float32),
+            z((0,), np.float32),
+            z((0, 3), np.float32),
+        )

@@ -8,6 +8,7 @@ Rotations are wxyz (rot_0 = w), scales are log, opacity is a logit.
 Files are written in the PLY (RDF/OpenCV) frame by default and converted to the head frame
 on read; ``frame="head"`` skips the conversion. The conversion itself lives in ``frames``.
 """
+
 from __future__ import annotations
 
 import io
@@ -65,7 +66,11 @@ def read_ply(source: str | os.PathLike | bytes, frame: str = "ply") -> SplatArra
         raise SplatPlyError("PLY file has no 'vertex' element")
     v = data["vertex"].data
     names = set(v.dtype.names)
-    need = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"] + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)]
+    need = (
+        ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
+        + [f"scale_{i}" for i in range(3)]
+        + [f"rot_{i}" for i in range(4)]
+    )
     missing = [n for n in need if n not in names]
     if missing:
         raise SplatPlyError(f"PLY is not a Gaussian splat file; missing properties: {', '.join(missing)}")

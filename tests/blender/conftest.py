@@ -4,6 +4,7 @@
 
 Every test module here is marked ``blender`` and skips cleanly when ``bpy`` is absent.
 """
+
 from __future__ import annotations
 
 import importlib.util

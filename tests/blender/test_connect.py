@@ -1,4 +1,5 @@
 """Connection failures tell the user what happened and what to do."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,17 @@ def test_protocol_version_mismatch_names_the_fix(prefs_entry, tmp_path, monkeypa
     from blender_addon.core.protocol import ProtocolError
 
     conn = tmp_path / "connection.json"
-    conn.write_text(json.dumps({"ip": "127.0.0.1", "router_port": _free_port(), "pub_port": _free_port(), "key": "k",
-                                "protocol_version": "2.0"}))  # fmt: skip
+    conn.write_text(
+        json.dumps(
+            {
+                "ip": "127.0.0.1",
+                "router_port": _free_port(),
+                "pub_port": _free_port(),
+                "key": "k",
+                "protocol_version": "2.0",
+            }
+        )
+    )
     prefs_entry.connection_mode, prefs_entry.connection_file = "FILE", str(conn)
 
     def newer_backend(self, timeout=10.0):  # what the client raises when the peer's major differs

@@ -1,4 +1,5 @@
 """The built zip installs as a Blender extension, picks this Python's pyzmq wheel and registers."""
+
 from __future__ import annotations
 
 import os

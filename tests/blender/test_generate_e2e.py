@@ -4,6 +4,7 @@ The backend runs in the main venv (torch, models); Blender's side runs here, in 
 venv. ``bpy.app.timers`` do not fire without Blender's event loop, so the tests call the
 timer callback ``sync.tick`` themselves, exactly as the timer would.
 """
+
 from __future__ import annotations
 
 import time
@@ -64,7 +65,9 @@ def _watch_object(job_id, seen):
 
 def test_generate_streams_previews_into_one_object(launched):
     sync = launched
-    assert bpy.ops.portraitsplat.generate(pipeline="synthetic", options='{"n_gaussians": 1500, "steps": 8, "step_seconds": 0.15}') == {"FINISHED"}
+    assert bpy.ops.portraitsplat.generate(
+        pipeline="synthetic", options='{"n_gaussians": 1500, "steps": 8, "step_seconds": 0.15}'
+    ) == {"FINISHED"}
     rt = sync.runtime()
     job_id = rt.active_job
     assert job_id and bpy.app.timers.is_registered(sync.tick)
@@ -81,7 +84,10 @@ def test_generate_streams_previews_into_one_object(launched):
     assert bpy.ops.portraitsplat.refresh_jobs() == {"FINISHED"}
     assert job_id in [j.job_id for j in rt.jobs]
     assert bpy.ops.portraitsplat.import_job(job_id=job_id) == {"FINISHED"}
-    assert splats.find_object(job_id) == obj and len([o for o in bpy.data.objects if o.get("portraitsplat") == job_id]) == 1
+    assert (
+        splats.find_object(job_id) == obj
+        and len([o for o in bpy.data.objects if o.get("portraitsplat") == job_id]) == 1
+    )
     # deleting the job removes it from the backend and the list; the object in the scene stays
     assert bpy.ops.portraitsplat.delete_job(job_id=job_id) == {"FINISHED"}
     assert job_id not in [j.job_id for j in rt.jobs] and "deleted" in rt.status
@@ -101,7 +107,9 @@ def test_cancel_and_unavailable_pipeline(launched):
     # the first welcome may predate the worker; the timer refreshes it from the heartbeats
     _drive(sync, lambda: sync.connection().welcome.worker_state in ("ready", "busy"), 30)
     assert "synthetic" in sync.connection().welcome.pipelines
-    with pytest.raises(RuntimeError, match="'no-such-pipeline' pipeline is unavailable: this backend does not offer it"):
+    with pytest.raises(
+        RuntimeError, match="'no-such-pipeline' pipeline is unavailable: this backend does not offer it"
+    ):
         bpy.ops.portraitsplat.generate(pipeline="no-such-pipeline")
 
 

@@ -1,4 +1,5 @@
 """Registration leaves nothing behind; the bpy-free core stays bpy-free even next to bpy."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,5 @@
 """Splat clouds as mesh proxies: attribute fidelity, in-place updates, PLY round trips."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,7 +60,9 @@ def test_import_synthetic_cloud_matches_arrays(addon):
 def test_in_place_update_keeps_object_and_mesh(addon):
     from blender_addon import splats
 
-    obj = splats.create_splat_object(bpy.context.scene, "live", synthetic_head(500, seed=1), tag="job-1", state="preview")
+    obj = splats.create_splat_object(
+        bpy.context.scene, "live", synthetic_head(500, seed=1), tag="job-1", state="preview"
+    )
     mesh, obj_ptr, mesh_ptr = obj.data, obj.as_pointer(), obj.data.as_pointer()
     twin = obj.copy()  # a linked duplicate (Alt+D): shares the mesh
     bpy.context.scene.collection.objects.link(twin)
@@ -81,7 +84,7 @@ def test_in_place_update_keeps_object_and_mesh(addon):
 
 
 def test_exported_ply_equals_input_after_transform_bake(addon, tmp_path):
-    from blender_addon import ops, splats
+    from blender_addon import splats
 
     cloud = synthetic_head(700, seed=6, sh_rest=8)
     src = tmp_path / "in.ply"
@@ -104,7 +107,9 @@ def test_exported_ply_equals_input_after_transform_bake(addon, tmp_path):
     np.testing.assert_array_equal(got.sh0, cloud.sh0)
     np.testing.assert_array_equal(got.opacity_logits, cloud.opacity_logits)
     # the view-dependent bands turn with the object (the colour maths is tested in test_sh)
-    np.testing.assert_allclose(got.shN, rotate_sh(cloud.shN, similarity_parts(np.array(obj.matrix_world))[0]), atol=1e-5)
+    np.testing.assert_allclose(
+        got.shN, rotate_sh(cloud.shN, similarity_parts(np.array(obj.matrix_world))[0]), atol=1e-5
+    )
     assert np.max(np.abs(got.shN - cloud.shN)) > 0.01
     # identity transform: the exported file equals the input
     obj.location, obj.rotation_euler, obj.scale = (0, 0, 0), (0, 0, 0), (1, 1, 1)
@@ -120,8 +125,22 @@ def test_import_foreign_ply_without_f_rest(addon, tmp_path):
 
     # Another tool's layout: no normals, no f_rest, properties in a different order, doubles.
     cloud = synthetic_head(100, seed=7)
-    names = ["x", "y", "z", "opacity", "rot_0", "rot_1", "rot_2", "rot_3", "scale_0", "scale_1", "scale_2",
-             "f_dc_0", "f_dc_1", "f_dc_2"]  # fmt: skip
+    names = [
+        "x",
+        "y",
+        "z",
+        "opacity",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+    ]
     cols = [*cloud.means.T, cloud.opacity_logits, *cloud.quats.T, *cloud.log_scales.T, *cloud.sh0.T]
     v = np.empty(100, dtype=[(n, "f8") for n in names])
     for n, c in zip(names, cols):

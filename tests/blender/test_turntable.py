@@ -1,5 +1,6 @@
 """A tiny turntable frame (Cycles, and EEVEE where Blender can start a GPU backend, e.g.
 Mesa's software EGL) shows the head in the splats' own colours."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ bpy has no window to draw into, so a recording layout stands in for ``UILayout``
 each ``prop``/``prop_enum`` name against the data's RNA and each operator id against
 ``bpy.ops``, then lets drawing continue.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -73,7 +74,12 @@ def test_panels_draw_idle_and_busy(addon):
     from blender_addon import prefs, splats, ui
 
     ctx = bpy.context
-    for cls in (ui.PORTRAITSPLAT_PT_main, ui.PORTRAITSPLAT_PT_jobs, ui.PORTRAITSPLAT_PT_splats, ui.PORTRAITSPLAT_PT_turntable):
+    for cls in (
+        ui.PORTRAITSPLAT_PT_main,
+        ui.PORTRAITSPLAT_PT_jobs,
+        ui.PORTRAITSPLAT_PT_splats,
+        ui.PORTRAITSPLAT_PT_turntable,
+    ):
         _draw(cls, ctx)
     # with a splat object active, a running job and an error
     obj = splats.create_splat_object(ctx.scene, "h", synthetic_head(50))
@@ -125,9 +131,13 @@ def test_unavailable_pipeline_is_greyed_out(addon):
     from blender_addon.core.protocol import Welcome
 
     conn = sync.connection()
-    conn.welcome = Welcome(server_version="0", protocol_version="1.0", pipelines=["photo"],
-                           unavailable={"stylize": "model sd15 missing: run python -m backend models download"},
-                           worker_state="ready")  # fmt: skip
+    conn.welcome = Welcome(
+        server_version="0",
+        protocol_version="1.0",
+        pipelines=["photo"],
+        unavailable={"stylize": "model sd15 missing: run python -m backend models download"},
+        worker_state="ready",
+    )
     try:
         assert sync.pipeline_available(bpy.context, "photo") == (True, "")
         ok, why = sync.pipeline_available(bpy.context, "stylize")
