@@ -2,28 +2,26 @@
 
 Every error that can reach a user carries a stable ``code`` (used in ``job_failed``
 messages on the wire), a ``message`` saying what happened and a ``hint`` saying what to do.
+The base class lives in ``blender_addon.core.errors`` so the add-on shares it.
 """
 
 from __future__ import annotations
 
+from blender_addon.core.errors import PortraitSplatError
 
-class PortraitSplatError(Exception):
-    code = "internal_error"
-    hint = ""
-
-    def __init__(self, message: str, *, hint: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.message = message
-        if hint is not None:
-            self.hint = hint
-        if code is not None:
-            self.code = code
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message, "hint": self.hint}
-
-    def __str__(self) -> str:
-        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+__all__ = [
+    "CancelledError",
+    "FaceError",
+    "FaceTooSmallError",
+    "InputImageError",
+    "InvalidOptionError",
+    "ModelMissingError",
+    "MultipleFacesError",
+    "NoFaceError",
+    "PipelineUnavailableError",
+    "PortraitSplatError",
+    "UnknownPresetError",
+]
 
 
 class InputImageError(PortraitSplatError):
@@ -77,3 +75,17 @@ class InvalidOptionError(PortraitSplatError, ValueError):
 
     code = "bad_option"
     hint = "Check the option's spelling and allowed values in the pipeline's documentation."
+
+
+class PipelineUnavailableError(PortraitSplatError):
+    """A job asked for a pipeline this backend cannot run (unknown, or its weights or imports
+    are missing). Built in one place for the submit check, the dispatch and the worker."""
+
+    code = "unknown_pipeline"
+
+    def __init__(self, pipeline: str, available: list[str] | tuple[str, ...], why: str | None = None):
+        super().__init__(
+            f"The pipeline {pipeline!r} is not available" + (f": {why}" if why else "."),
+            hint=f"Available: {', '.join(sorted(available)) or 'none'}.",
+        )
+        self.pipeline = pipeline

@@ -8,7 +8,8 @@ Every job gets a folder under ``<state_dir>/jobs/<job_id>/``::
     progress.jsonl   one JSON line per progress event (a torn last line is ignored)
     result.npz       the Gaussians exactly as the pipeline returned them (head frame)
     result.ply       the same Gaussians as an INRIA 3DGS PLY (RDF frame, for viewers)
-    turntable/       frame_000.png ... when the pipeline renders a turntable
+    output/          the job's output folder, made when it starts: the executor writes what the
+                     pipeline renders there (turntable/frame_000.png ...), nowhere else
 
 The folder is built under a temporary name and renamed into place, so a job either exists
 completely or not at all. Every later file write is atomic too: a temporary file, fsync,
@@ -63,6 +64,8 @@ IMAGE_EXTENSIONS = {
     b"II*\x00": ".tif",
     b"MM\x00*": ".tif",
 }
+
+OUTPUT_DIR = "output"
 
 INTERRUPTED_ERROR = {
     "code": "interrupted",
@@ -262,9 +265,13 @@ class JobStore:
     def save(self, record: JobRecord) -> None:
         atomic_write_json(self.job_dir(record.job_id) / "status.json", self._status(record))
 
-    def start(self, record: JobRecord) -> None:
+    def start(self, record: JobRecord) -> Path:
+        """Mark the job running and make its output folder; returns that folder."""
+        out = self.output_dir(record)
+        out.mkdir(exist_ok=True)
         record.state, record.started = RUNNING, time.time()
         self.save(record)
+        return out
 
     def finish(
         self,
@@ -337,6 +344,11 @@ class JobStore:
         with np.load(d / "result.npz", allow_pickle=False) as data:
             splats = SplatArrays.from_dict({k: data[k] for k in data.files})
         return splats, (d / "result.ply").read_bytes()
+
+    def output_dir(self, record: JobRecord) -> Path:
+        """The job's output folder (``<job>/output``): the executor writes the pipeline's
+        renders there, so everything a job leaves behind lies in its own folder."""
+        return self.job_dir(record.job_id) / OUTPUT_DIR
 
     def image_path(self, record: JobRecord) -> Path:
         return self.job_dir(record.job_id) / record.image_file

@@ -1,20 +1,10 @@
-"""The executor: runs pipelines in a worker subprocess, never in the server process.
+"""The worker process (``python -m backend.worker``), started by the local executor.
 
-Two halves live here:
-
-- :class:`WorkerExecutor` (server side, imported by ``backend.server``; no torch). It starts
-  ``python -m backend.worker`` with a fresh PAIR socket and key per worker generation,
-  hands it one job at a time, forwards what it reports, and kills and restarts it when
-  it crashes, runs out of memory or ignores a cancel for longer than the grace period.
-- :func:`worker_main` (the subprocess). It imports the pipelines (and with them torch and
-  the models) once, keeps them warm between jobs, and runs each job with a
-  :class:`JobReporter` that sends progress and previews back and polls for cancellation.
-
-The channel speaks the public protocol's envelope (signed, arrays as buffers, no pickle)
-with a few internal message types (:data:`WORKER_TYPES`).
-
-A later executor (Ray: one task per job, ``num_gpus=1``) keeps the same surface:
-``start / run / cancel / drain / poll_exit / kill / stop`` and the ``state`` attribute.
+:func:`worker_main` imports the pipelines (and with them torch and the models) once, keeps
+them warm between jobs, and runs each job with a :class:`JobReporter` that sends progress
+and previews back and polls for cancellation. The server side of the channel is
+:class:`backend.executors.local.WorkerExecutor`; the messages are in
+:mod:`backend.executors.messages`.
 
 Test-only pipelines: with ``PORTRAITSPLAT_TEST_PIPELINES=1`` in the environment the
 worker also offers ``synthetic`` (``backend.pipelines.synthetic``).
@@ -27,295 +17,38 @@ import gc
 import logging
 import math
 import os
-import secrets
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from blender_addon.core.protocol import (
-    JobFailed,
-    Limits,
-    Message,
-    Preview,
-    Progress,
-    ProtocolError,
-    Session,
-    registry,
-)
+from blender_addon.core.protocol import JobFailed, Limits, Message, Preview, Progress, ProtocolError, Session
 from blender_addon.core.splat_arrays import SplatArrays
+
+from .executors.messages import (
+    EXIT_RESTART,
+    KEY_ENV,
+    OOM_HINT,
+    WORKER_TYPES,
+    CancelJob,
+    RunJob,
+    StopWorker,
+    WorkerExiting,
+    WorkerReady,
+    WorkerResult,
+)
 
 log = logging.getLogger(__name__)
 
 TEST_PIPELINES_ENV = "PORTRAITSPLAT_TEST_PIPELINES"
-KEY_ENV = "PORTRAITSPLAT_WORKER_KEY"
 TEST_PIPELINES = ("synthetic",)
-EXIT_RESTART = 75  # the worker asks to be replaced (after an out-of-memory error)
 PROGRESS_MIN_INTERVAL_S = 0.05  # progress events faster than 20 Hz are thinned (stage changes always pass)
 
-OOM_HINT = (
-    "Try the 'preview' or 'fast' preset, close other programs that use the GPU, or run on a "
-    "GPU with more memory. The backend restarted its worker, so you can try again at once."
-)
 
-
-# ------------------------------------------------------------- internal messages
-@dataclass
-class RunJob(Message):
-    msg_type = "run_job"
-    job_id: str
-    image_path: str
-    pipeline: str
-    preset: str = "default"
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-    preview_hz: float = 5.0  # 0 disables previews
-    preview_dtype: str = "float32"
-    max_image_pixels: int | None = None
-    max_image_bytes: int | None = None
-
-
-@dataclass
-class CancelJob(Message):
-    msg_type = "cancel_job"
-    job_id: str
-
-
-@dataclass
-class StopWorker(Message):
-    msg_type = "stop_worker"
-
-
-@dataclass
-class WorkerReady(Message):
-    msg_type = "worker_ready"
-    pid: int
-    pipelines: list[str] = field(default_factory=list)
-    unavailable: dict[str, str] = field(default_factory=dict)
-    models: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
-    vram_free: int | None = None
-    vram_total: int | None = None
-    torch_version: str = ""
-
-
-@dataclass
-class WorkerExiting(Message):
-    """The worker will exit after its next message (it asks to be replaced): take it no job."""
-
-    msg_type = "worker_exiting"
-    reason: str = ""
-
-
-@dataclass
-class WorkerResult(Message):
-    msg_type = "worker_result"
-    job_id: str
-    splats: SplatArrays
-    elapsed_s: float = 0.0
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-WORKER_TYPES = registry(
-    RunJob, CancelJob, StopWorker, WorkerReady, WorkerExiting, WorkerResult, Progress, Preview, JobFailed
-)
-
-
-# ==================================================================== server side
-class WorkerExecutor:
-    """One worker subprocess, one job at a time.
-
-    ``state``: ``stopped`` -> ``starting`` -> ``ready`` <-> ``busy``; ``exiting`` once the
-    worker has said it will exit; back to ``stopped`` when the process exits (see
-    :meth:`poll_exit`). Jobs go only to a ``ready`` worker.
-
-    Args:
-        context: the server's zmq context.
-        pipelines: pipeline names to load; None loads every available one.
-        python: interpreter for the worker (default: this one).
-        env: extra environment variables for the worker.
-    """
-
-    def __init__(
-        self,
-        context: zmq.Context,
-        *,
-        pipelines: tuple[str, ...] | None = None,
-        python: str | None = None,
-        env: dict[str, str] | None = None,
-    ):
-        self.context = context
-        self.pipelines = pipelines
-        self.python = python or sys.executable
-        self.env = dict(env or {})
-        self.state = "stopped"
-        self.info: WorkerReady | None = None
-        self.socket: zmq.Socket | None = None
-        self.proc: subprocess.Popen | None = None
-        self.session: Session | None = None
-        self.job_id: str | None = None
-        self.generation = 0
-        self.started_at = 0.0
-        self.killed = False  # the last exit was our own kill
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
-
-    def start(self) -> None:
-        if self.proc is not None:
-            raise RuntimeError("worker already started")
-        self.generation += 1
-        key = secrets.token_hex(32)
-        self.session = Session(key, types=WORKER_TYPES, limits=Limits.unlimited())
-        sock = self.context.socket(zmq.PAIR)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDTIMEO, 2000)
-        port = sock.bind_to_random_port("tcp://127.0.0.1")
-        self.socket = sock
-        repo_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, **self.env, KEY_ENV: key}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
-        cmd = [
-            self.python,
-            "-m",
-            "backend.worker",
-            "--endpoint",
-            f"tcp://127.0.0.1:{port}",
-            "--parent-pid",
-            str(os.getpid()),
-        ]
-        if self.pipelines is not None:
-            cmd += ["--pipelines", ",".join(self.pipelines)]
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-        self.state, self.info, self.job_id, self.killed = "starting", None, None, False
-        self.started_at = time.monotonic()
-        log.info("worker %d started (pid %d)", self.generation, self.proc.pid)
-
-    def run(self, job: RunJob) -> None:
-        if self.state != "ready":
-            raise RuntimeError(f"worker is {self.state}, not ready")
-        self._send(job)
-        self.state, self.job_id = "busy", job.job_id
-
-    def cancel(self, job_id: str) -> None:
-        if self.job_id == job_id and self.socket is not None:
-            try:
-                self._send(CancelJob(job_id=job_id))
-            except zmq.Again:
-                log.warning("worker did not take the cancel request; it will be killed at the deadline")
-
-    def job_ended(self) -> None:
-        """The server saw the running job's final message: take the next one."""
-        if self.state == "busy":
-            self.state = "ready"
-        self.job_id = None
-
-    def drain(self, max_messages: int = 1000) -> list[Message]:
-        """Messages from the worker, without blocking. ``WorkerReady`` updates ``info`` and
-        ``state`` and is returned too."""
-        out: list[Message] = []
-        if self.socket is None or self.session is None:
-            return out
-        for _ in range(max_messages):
-            try:
-                env = self.session.recv(self.socket, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            except ProtocolError as exc:
-                log.error("undecodable message from the worker: %s", exc)
-                continue
-            msg = env.message
-            if isinstance(msg, WorkerReady):
-                self.info = msg
-                self.state = "ready" if self.job_id is None else "busy"
-            elif isinstance(msg, WorkerExiting):
-                log.info("worker %d is exiting: %s", self.generation, msg.reason)
-                self.state = "exiting"
-            out.append(msg)
-        return out
-
-    def poll_exit(self) -> int | None:
-        """If the worker process has exited: clean up and return its exit code."""
-        if self.proc is None:
-            return None
-        code = self.proc.poll()
-        if code is None:
-            return None
-        log.log(
-            logging.INFO if self.killed or code == 0 else logging.ERROR,
-            "worker %d (pid %d) exited with %s",
-            self.generation,
-            self.proc.pid,
-            _describe_exit(code),
-        )
-        self._cleanup()
-        return code
-
-    def kill(self) -> int | None:
-        """Hard stop (SIGKILL); returns the exit code. Safe to call when not running."""
-        if self.proc is None:
-            return None
-        self.killed = True
-        if self.proc.poll() is None:
-            self.proc.kill()
-        code = self.proc.wait()
-        self._cleanup()
-        return code
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Ask the worker to exit; kill it if it has not after ``timeout`` seconds."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None and self.socket is not None:
-            try:
-                self._send(StopWorker())
-                self.proc.wait(timeout=timeout)
-            except (zmq.Again, subprocess.TimeoutExpired):
-                pass
-        self.kill()
-
-    def _send(self, msg: Message) -> None:
-        assert self.socket is not None and self.session is not None
-        self.session.send(self.socket, msg)
-
-    def _cleanup(self) -> None:
-        if self.socket is not None:
-            self.socket.close(linger=0)
-        self.socket, self.proc, self.session = None, None, None
-        self.state, self.job_id = "stopped", None
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
-def crash_error(code: int) -> dict[str, str]:
-    """The job_failed error for a job whose worker died under it."""
-    if code == EXIT_RESTART:
-        return {"code": "out_of_memory", "message": "The worker ran out of memory.", "hint": OOM_HINT}
-    hint = "Try again; if it happens again, check the backend log and report it."
-    if code == -getattr(signal, "SIGKILL", 9):
-        hint = "The system may have run out of memory and killed the worker. " + OOM_HINT
-    return {
-        "code": "worker_crashed",
-        "message": f"The generation worker stopped unexpectedly ({_describe_exit(code)}).",
-        "hint": hint,
-    }
-
-
-# ==================================================================== worker side
 class JobReporter:
     """The Reporter a pipeline gets inside the worker.
 
@@ -465,7 +198,7 @@ class Worker:
     def run_job(self, job: RunJob) -> int | None:
         """Run one job and report its end. Returns an exit code when the worker must be
         replaced (out of memory), else None."""
-        from backend.errors import CancelledError, PortraitSplatError
+        from backend.errors import CancelledError, PipelineUnavailableError, PortraitSplatError
 
         self.current, self.cancel_requested = job, False
         reporter = JobReporter(self, job)
@@ -473,21 +206,17 @@ class Worker:
         try:
             fn = self.pipelines.get(job.pipeline)
             if fn is None:
-                raise PortraitSplatError(
-                    f"The pipeline {job.pipeline!r} is not available in this backend.",
-                    code="unknown_pipeline",
-                    hint=f"Available: {', '.join(sorted(self.pipelines)) or 'none'}.",
-                )
+                raise PipelineUnavailableError(job.pipeline, list(self.pipelines), "not loaded in this worker")
             image = _load_image(job)
             result = fn(image, preset=job.preset, seed=job.seed, options=dict(job.options), reporter=reporter)
             if self.cancel_requested:
                 raise CancelledError("The job was cancelled.")
             splats = result.splats.astype("float32")
             splats.check_finite()
-            if result.turntable:  # beside the job's photo, so the job folder holds them too
+            if result.turntable:  # into the job's output folder, which the job store owns
                 from backend.pipelines.outputs import write_turntable
 
-                write_turntable(Path(job.image_path).parent / "turntable", result.turntable)
+                write_turntable(Path(job.output_dir) / "turntable", result.turntable)
             self.send(
                 WorkerResult(
                     job_id=job.job_id,

@@ -22,6 +22,7 @@ import bpy
 
 from . import splats
 from .core.backend_launcher import BackendCommand, BackendLaunchError, BackendProcess, launch_backend
+from .core.errors import PortraitSplatError
 from .core.splat_arrays import SplatArrays
 from .prefs import default_state_dir, get_prefs
 
@@ -30,13 +31,16 @@ TICK_IDLE = 1.0
 HEARTBEAT_TIMEOUT = 10.0  # seconds without a heartbeat before the panel warns
 
 
-class UserError(Exception):
+class UserError(PortraitSplatError):
     """Something the user can fix; ``hint`` says how. Operators report it, nothing more."""
 
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(f"{message.rstrip('.')}. {hint}" if hint else message)
-        self.message = message
-        self.hint = hint
+    code = "user_error"
+
+    def __init__(self, message: str, hint: str = "", code: str | None = None):
+        super().__init__(message, hint=hint, code=code)
+
+    def __str__(self) -> str:  # one line in Blender's report bar: "What happened. What to do"
+        return f"{self.message.rstrip('.')}. {self.hint}" if self.hint else self.message
 
 
 @dataclass

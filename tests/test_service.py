@@ -221,7 +221,8 @@ def test_job_streams_events_and_its_result_is_exact(client, server):
     assert (folder / "result.ply").read_bytes() == ply
     assert '"seed": 11' in (folder / "request.json").read_text()
     assert len((folder / "progress.jsonl").read_text().splitlines()) >= len(progress)
-    frames = sorted((folder / "turntable").glob("*.png"))
+    assert not (folder / "turntable").exists()  # nothing beside the photo: all in output/
+    frames = sorted((folder / "output" / "turntable").glob("*.png"))
     assert [f.name for f in frames] == ["frame_000.png", "frame_001.png", "frame_002.png"]
     assert np.asarray(Image.open(frames[2])).max() == 2  # the pipeline's frame, not a placeholder
     record = client.job(job)
@@ -366,6 +367,33 @@ def test_unknown_pipeline_and_unknown_jobs(client):
 
 
 # ------------------------------------------------------------------ robustness
+def test_a_captured_submit_replayed_on_the_wire_is_refused_and_queues_nothing(server, client):
+    """A signed submit_job captured on the wire and sent again gets a typed ``replayed`` error;
+    the server queues the job once and stays up."""
+    info = read_connection_file(server.conn)
+    sender = P.Session(info.key_bytes)
+    captured = [bytes(f) for f in sender.serialize(P.SubmitJob(image=PHOTO, pipeline="synthetic", options=FAST))]
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(info.router_url)
+    try:
+        before = {j["job_id"] for j in client.list_jobs()}
+        replies = []
+        for _ in range(2):
+            raw.send_multipart(captured)
+            assert raw.poll(10_000), "no reply"
+            replies.append(sender.deserialize(raw.recv_multipart()).message)
+        assert isinstance(replies[0], P.JobAccepted), replies[0]
+        assert isinstance(replies[1], P.Error) and replies[1].code == "replayed", replies[1]
+        new = {j["job_id"] for j in client.list_jobs()} - before
+        assert new == {replies[0].job_id}
+        assert client.ping() >= 0
+    finally:
+        raw.close(0)
+        ctx.term()
+
+
 def test_fuzzing_the_router_never_stops_the_server(server, client):
     info = read_connection_file(server.conn)
     good = P.Session(info.key_bytes)
@@ -437,7 +465,7 @@ def test_wrong_key_and_wrong_version_fail_the_handshake_clearly(server, monkeypa
     with Client(wrong) as c, pytest.raises(P.ProtocolError) as err:
         c.connect(timeout=10)
     assert err.value.code == "bad_signature"
-    monkeypatch.setattr(P, "PROTOCOL_VERSION", "2.0")
+    monkeypatch.setattr(P.session, "PROTOCOL_VERSION", "2.0")  # what this side writes in its headers
     with Client(server.conn) as c, pytest.raises(P.ProtocolError) as err:
         c.connect(timeout=10)
     assert err.value.code == "version_mismatch" and "2.0" in str(err.value)
@@ -511,7 +539,7 @@ def test_kill9_then_restart_keeps_results_and_reports_the_interrupted_job(tmp_pa
 
 
 def test_non_loopback_bind_without_key_is_refused(tmp_path):
-    from backend.server import InsecureBindError, ServerConfig
+    from backend.server_config import InsecureBindError, ServerConfig
 
     r = subprocess.run(
         [

@@ -27,14 +27,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import PortraitSplatError
 
-class BackendLaunchError(RuntimeError):
+
+class BackendLaunchError(PortraitSplatError, RuntimeError):
     """The backend could not be started; ``message`` says why and ``hint`` what to do."""
 
+    code = "backend_launch_failed"
+
     def __init__(self, message: str, hint: str = ""):
-        super().__init__(f"{message} (hint: {hint})" if hint else message)
-        self.message = message
-        self.hint = hint
+        super().__init__(message, hint=hint)
 
 
 @dataclass

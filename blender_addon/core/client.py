@@ -38,6 +38,7 @@ from typing import Any
 import zmq
 
 from .connection import ConnectionInfo, read_connection_file
+from .errors import PortraitSplatError
 from .protocol import (
     HEARTBEAT_TOPIC,
     Cancel,
@@ -75,14 +76,11 @@ CLIENT_NAME = "portraitsplat-client"
 TERMINAL = (JobDone, JobFailed)
 
 
-class ServiceError(Exception):
+class ServiceError(PortraitSplatError):
     """The server refused a request; ``code``, ``message`` and ``hint`` come from its reply."""
 
     def __init__(self, code: str, message: str, hint: str = ""):
-        super().__init__(f"{message} (hint: {hint})" if hint else message)
-        self.code = code
-        self.message = message
-        self.hint = hint
+        super().__init__(message, code=code, hint=hint)
 
 
 class ServiceTimeout(ServiceError, TimeoutError):

@@ -18,13 +18,17 @@ import secrets
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .errors import PortraitSplatError
 from .protocol import PROTOCOL_VERSION, SIGNATURE_SCHEME
 
 ANY_ADDRESSES = ("0.0.0.0", "*", "::", "")
 
 
-class ConnectionFileError(ValueError):
+class ConnectionFileError(PortraitSplatError, ValueError):
     """The connection file is missing, unreadable or incomplete."""
+
+    code = "bad_connection_file"
+    hint = "Start the backend (python -m backend serve), or point the add-on at its connection file."
 
 
 def new_key() -> str:
