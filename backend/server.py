@@ -10,7 +10,7 @@ One thread, one ``zmq.Poller`` loop over three sockets:
 
 Previews (and progress) are latest-wins: see :mod:`backend.publisher`.
 
-Usage (see ``backend.service_cli`` for the command line)::
+Usage (see ``backend.cli.service`` for the command line)::
 
     server = Server(ServerConfig(state_dir=Path("state"), connection_file=Path("conn.json")))
     server.start()            # binds, recovers jobs, writes the connection file, starts the worker

@@ -79,7 +79,7 @@ class Server:
         cmd = [
             sys.executable,
             "-m",
-            "backend.service_cli",
+            "backend",
             "serve",
             "--connection-file",
             str(self.conn),

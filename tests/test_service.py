@@ -47,7 +47,7 @@ PHOTO = png_bytes()
 
 
 class ServerProc:
-    """``python -m backend.service_cli serve`` in its own process group."""
+    """``python -m backend serve`` in its own process group."""
 
     def __init__(self, root: Path, *extra: str, pipelines: str = "synthetic"):
         self.root = root
@@ -66,7 +66,7 @@ class ServerProc:
         cmd = [
             sys.executable,
             "-m",
-            "backend.service_cli",
+            "backend",
             "serve",
             "--connection-file",
             str(self.conn),
@@ -494,7 +494,7 @@ def test_slow_client_gets_the_newest_preview_not_a_backlog(server):
 
 
 def test_server_process_never_imports_torch():
-    code = "import sys, backend.server, backend.service_cli, backend.jobs, backend.worker; assert 'torch' not in sys.modules"
+    code = "import sys, backend.server, backend.cli, backend.jobs, backend.worker; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
@@ -545,7 +545,7 @@ def test_non_loopback_bind_without_key_is_refused(tmp_path):
         [
             sys.executable,
             "-m",
-            "backend.service_cli",
+            "backend",
             "serve",
             "--bind",
             "0.0.0.0",
@@ -594,7 +594,7 @@ def test_curve_encryption_and_its_key_survives_a_restart(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "backend.service_cli",
+                "backend",
                 "serve",
                 "--curve",
                 "--connection-file",
@@ -617,7 +617,7 @@ def test_curve_encryption_and_its_key_survives_a_restart(tmp_path):
 def test_cli_ping_and_generate(server, tmp_path):
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
     r = subprocess.run(
-        [sys.executable, "-m", "backend.service_cli", "ping", "--connection-file", str(server.conn)],
+        [sys.executable, "-m", "backend", "ping", "--connection-file", str(server.conn)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -633,7 +633,7 @@ def test_cli_ping_and_generate(server, tmp_path):
         [
             sys.executable,
             "-m",
-            "backend.service_cli",
+            "backend",
             "generate",
             str(photo),
             "--connect",
@@ -660,7 +660,7 @@ def test_cli_ping_and_generate(server, tmp_path):
         [
             sys.executable,
             "-m",
-            "backend.service_cli",
+            "backend",
             "generate",
             str(photo),
             "--connect",
@@ -697,7 +697,7 @@ def test_cli_ping_without_a_server_fails_fast(tmp_path):
         [
             sys.executable,
             "-m",
-            "backend.service_cli",
+            "backend",
             "ping",
             "--connection-file",
             str(tmp_path / "c.json"),

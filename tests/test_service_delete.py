@@ -86,7 +86,7 @@ def test_cli_lists_and_deletes_jobs(tmp_path):
 
     def cli(*args):
         return subprocess.run(
-            [sys.executable, "-m", "backend.service_cli", "jobs", "--connection-file", str(srv.conn), *args],
+            [sys.executable, "-m", "backend", "jobs", "--connection-file", str(srv.conn), *args],
             cwd=REPO,
             capture_output=True,
             text=True,

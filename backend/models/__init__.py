@@ -54,7 +54,6 @@ from __future__ import annotations
 
 from backend.errors import ModelMissingError
 
-from .cli import add_models_parser
 from .fetch import DownloadResult, default_download_names, download
 from .loaders import (
     SD15,
@@ -100,7 +99,6 @@ from .store import (
 
 __all__ = [
     "ModelMissingError",
-    "add_models_parser",
     "DownloadResult",
     "default_download_names",
     "download",

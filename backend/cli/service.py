@@ -1,28 +1,17 @@
-"""Command-line front of the service: ``serve``, ``ping``, ``jobs`` and ``generate --connect``.
-
-``backend/cli.py`` mounts these with :func:`add_parsers` and calls :func:`remote_generate`
-for ``generate --connect F``. This module runs on its own too::
-
-    python -m backend.service_cli serve --connection-file conn.json --state-dir state
-    python -m backend.service_cli ping --connection-file conn.json
-    python -m backend.service_cli jobs --connection-file conn.json [--delete ID ...] [--older-than DAYS]
-    python -m backend.service_cli generate me.jpg --connect conn.json --out out/ --preset preview
-"""
+"""``serve``, ``ping`` and ``jobs``: the ZeroMQ service and the commands that talk to it."""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
-MiB = 2**20
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+from .common import EXIT_FAILED, EXIT_USAGE, MiB, print_error, user_errors
 
 
 def default_state_dir() -> Path:
@@ -30,9 +19,7 @@ def default_state_dir() -> Path:
     return Path(base) / "portraitsplat"
 
 
-# ------------------------------------------------------------------------ parsers
-def add_parsers(subparsers) -> None:
-    """Add ``serve``, ``ping`` and ``jobs`` (``generate`` belongs to backend/cli.py)."""
+def add_parsers(subparsers: Any) -> None:
     add_serve_parser(subparsers)
     add_ping_parser(subparsers)
     add_jobs_parser(subparsers)
@@ -104,31 +91,6 @@ def add_jobs_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def add_remote_generate_parser(subparsers) -> argparse.ArgumentParser:
-    """A ``generate`` that only runs through a server (for ``python -m backend.service_cli``)."""
-    p = subparsers.add_parser("generate", help="photo -> Gaussian head, through a running backend")
-    p.add_argument("photo", type=Path)
-    p.add_argument("--connect", type=Path, required=True, help="the server's connection file")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--pipeline", default="photo")
-    p.add_argument("--preset", default="default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--style", default="")
-    p.add_argument("--ply-frame", choices=["ply", "head"], default="ply")
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="pipeline option (VALUE parsed as JSON if it can be)",
-    )
-    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=remote_generate)
-    return p
-
-
-# ------------------------------------------------------------------------ serve
 def serve(args) -> int:
     from backend.errors import PortraitSplatError
     from backend.server import Server, ServerConfig
@@ -146,7 +108,7 @@ def serve(args) -> int:
         try:
             old = read_connection_file(connection_file)
         except ConnectionFileError as exc:
-            _print_error("bad_connection_file", str(exc), "Delete it, or drop --reuse-connection-file.")
+            print_error("bad_connection_file", exc.message, "Delete it, or drop --reuse-connection-file.")
             return EXIT_USAGE
         key, router_port, pub_port = old.key or None, router_port or old.router_port, pub_port or old.pub_port
     try:
@@ -170,10 +132,10 @@ def serve(args) -> int:
         server = Server(config)
         info = server.start()
     except PortraitSplatError as exc:
-        _print_error(exc.code, exc.message, exc.hint)
+        print_error(exc.code, exc.message, exc.hint)
         return EXIT_USAGE
     except OSError as exc:  # zmq.ZMQError is an OSError: port in use, bad address
-        _print_error(
+        print_error(
             "bind_failed", f"cannot listen on {args.bind}: {exc}", "Choose other ports or another --bind address."
         )
         return EXIT_FAILED
@@ -192,34 +154,8 @@ def serve(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------- client side
-def _client_command(fn):
-    """Run a command that talks to a server; the client's typed errors become a message on
-    stderr and an exit code (2: no usable connection file, 1: the server refused or failed)."""
-
-    @functools.wraps(fn)
-    def run(args) -> int:
-        from blender_addon.core.client import ServiceError
-        from blender_addon.core.connection import ConnectionFileError
-        from blender_addon.core.protocol import ProtocolError
-
-        try:
-            return fn(args)
-        except ConnectionFileError as exc:
-            _print_error("no_connection_file", str(exc))
-            return EXIT_USAGE
-        except ServiceError as exc:
-            _print_error(exc.code, exc.message, exc.hint)
-            return EXIT_FAILED
-        except ProtocolError as exc:
-            _print_error(exc.code, exc.message)
-            return EXIT_FAILED
-
-    return run
-
-
 # ------------------------------------------------------------------------- ping
-@_client_command
+@user_errors
 def ping(args) -> int:
     from blender_addon.core.client import Client
 
@@ -251,7 +187,7 @@ def ping(args) -> int:
 
 
 # ------------------------------------------------------------------------- jobs
-@_client_command
+@user_errors
 def jobs(args) -> int:
     """List the jobs (newest first), or delete the named ones / those ended before a cutoff."""
     from blender_addon.core.client import Client, ServiceError
@@ -278,7 +214,7 @@ def jobs(args) -> int:
                 print(f"deleted {job_id}")
             except ServiceError as exc:  # one job refused (running, unknown): report it and go on
                 failed += 1
-                _print_error(exc.code, f"{job_id}: {exc.message}", exc.hint)
+                print_error(exc.code, f"{job_id}: {exc.message}", exc.hint)
         print(f"{len(doomed) - failed} job(s) deleted, {freed / MiB:.1f} MiB freed")
         return EXIT_FAILED if failed else 0
 
@@ -295,120 +231,3 @@ def _print_jobs(records: list[dict], *, as_json: bool) -> None:
             f"{r.get('job_id', ''):26s} {r.get('state', ''):12s} {r.get('pipeline', ''):15s} {r.get('preset', ''):8s} "
             f"{'' if n is None else f'{n:,}':>8s}  {created}  {r.get('image_name', '')}"
         )
-
-
-# --------------------------------------------------------------------- generate
-@_client_command
-def remote_generate(args) -> int:
-    """``generate PHOTO --connect F --out DIR``: run the job on the server, draw progress,
-    save DIR/head.ply (and DIR/metrics.json). Ctrl-C cancels the job on the server."""
-    from tqdm import tqdm
-
-    from backend.jobs import atomic_write_bytes, atomic_write_json
-    from blender_addon.core.client import Client, ServiceError
-    from blender_addon.core.protocol import JobFailed, Progress
-    from blender_addon.core.splat_ply import to_ply_bytes
-
-    quiet = getattr(args, "quiet", False)
-    try:
-        image = Path(args.photo).read_bytes()
-    except OSError as exc:
-        _print_error("bad_image", f"cannot read {args.photo}: {exc.strerror or exc}", "Check the photo's path.")
-        return EXIT_FAILED
-    options = _parse_options(getattr(args, "option", []) or [])
-    if options is None:
-        return EXIT_USAGE
-    bars: dict[str, tqdm] = {}
-
-    def on_event(msg) -> None:
-        if quiet or not isinstance(msg, Progress):
-            return
-        bar = bars.get(msg.stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bar = bars[msg.stage] = tqdm(
-                total=msg.total, desc=msg.stage, unit="step", dynamic_ncols=True, file=sys.stderr
-            )
-        bar.total = msg.total
-        bar.n = msg.step
-        if msg.message:
-            bar.set_postfix_str(msg.message, refresh=False)
-        bar.refresh()
-
-    with Client(args.connect, name="portraitsplat-cli") as client:
-        client.connect(timeout=10.0)
-        job_id = client.submit(
-            image,
-            pipeline=args.pipeline,
-            preset=args.preset,
-            seed=args.seed,
-            style_prompt=getattr(args, "style", "") or "",
-            options=options,
-            image_name=Path(args.photo).name,
-            preview_hz=0.0,  # the CLI draws no previews: do not pay for them
-        )
-        if not quiet:
-            print(f"job {job_id} submitted", file=sys.stderr)
-        try:
-            final = client.wait(job_id, timeout=getattr(args, "timeout", None), on_event=on_event)
-        except KeyboardInterrupt:
-            for bar in bars.values():
-                bar.close()
-            print(f"\ncancelling job {job_id} ...", file=sys.stderr)
-            client.cancel(job_id)
-            try:
-                client.wait(job_id, timeout=5.0)
-            except ServiceError:
-                pass
-            return EXIT_INTERRUPTED
-        finally:
-            for bar in bars.values():
-                bar.close()
-        if isinstance(final, JobFailed):
-            _print_error(final.code, final.message, final.hint)
-            return EXIT_FAILED
-        splats, ply = client.get_result(job_id)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if getattr(args, "ply_frame", "ply") == "head":
-        ply = to_ply_bytes(splats, frame="head")
-    atomic_write_bytes(out / "head.ply", ply)
-    atomic_write_json(out / "metrics.json", final.metrics | {"job_id": job_id, "elapsed_s": round(final.elapsed_s, 2)})
-    print(f"wrote {out / 'head.ply'} ({len(splats)} splats) from job {job_id} in {final.elapsed_s:.1f} s")
-    return 0
-
-
-def _parse_options(pairs: list[str]) -> dict | None:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            _print_error("bad_option", f"--option {pair!r} is not KEY=VALUE")
-            return None
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
-
-
-def _print_error(code: str, message: str, hint: str = "") -> None:
-    print(f"error [{code}]: {message}", file=sys.stderr)
-    if hint:
-        print(f"hint: {hint}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backend.service_cli", description="PortraitSplat service commands")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_serve_parser(sub)
-    add_ping_parser(sub)
-    add_jobs_parser(sub)
-    add_remote_generate_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

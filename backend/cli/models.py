@@ -1,21 +1,17 @@
-"""``python -m backend models check|download`` (wired in backend/cli.py)."""
+"""``models check|download``: the pretrained weights (see :mod:`backend.models`)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-from backend.errors import PortraitSplatError
+from backend.models import ENV_ROOT, REGISTRY, check, default_download_names, download, format_check, models_root
 
-from .fetch import default_download_names, download
-from .registry import ENV_ROOT, REGISTRY
-from .store import check, format_check, models_root
-
-# --- CLI -----------------------------------------------------------------------------------
+from .common import user_errors
 
 
-def add_models_parser(subparsers) -> None:
-    """``python -m backend models check|download`` (wired in backend/cli.py)."""
+def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("models", help="list, check and download pretrained models")
     sub = p.add_subparsers(dest="models_command", required=True)
     c = sub.add_parser("check", help="table of models: present/missing, size, licence, fix")
@@ -37,7 +33,8 @@ def add_models_parser(subparsers) -> None:
     d.set_defaults(func=_cli_download)
 
 
-def _cli_check(args) -> int:
+@user_errors
+def _cli_check(args: Any) -> int:
     statuses = check(args.only, verify=not args.no_verify)
     print(f"model root: {models_root()}  (set {ENV_ROOT} to move it)")
     print(format_check(statuses))
@@ -51,15 +48,10 @@ def _cli_check(args) -> int:
     return 0
 
 
-def _cli_download(args) -> int:
+@user_errors
+def _cli_download(args: Any) -> int:
     names = args.only or ([*REGISTRY] if args.all else default_download_names())
-    try:
-        results = download(names, token=args.token or os.environ.get("HF_TOKEN"), force=args.force)
-    except PortraitSplatError as exc:
-        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 1
+    results = download(names, token=args.token or os.environ.get("HF_TOKEN"), force=args.force)
     failed = 0
     for r in results:
         if r.ok:

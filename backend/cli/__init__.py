@@ -1,0 +1,30 @@
+"""The one command line: ``python -m backend <command>``.
+
+    generate PHOTO --out DIR [--connect F]    photo -> head, here or through a server (:mod:`.generate`)
+    serve | ping | jobs                        the ZeroMQ service (:mod:`.service`)
+    models check | download                    pretrained weights (:mod:`.models`)
+
+Every command reports a failure the same way: ``error [code]: message`` and ``hint: ...`` on
+stderr, exit code 1 (2 for a usage problem). Heavy imports (torch, the pipelines) happen
+inside the commands that need them, so ``serve`` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import generate, models, service
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="PortraitSplat backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+    generate.add_parser(sub)
+    service.add_parsers(sub)
+    models.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
