@@ -5,7 +5,6 @@ server (its worker subprocess finds the tiny models through PORTRAITSPLAT_MODELS
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -245,11 +244,13 @@ def test_instax_then_stylize(tiny, astronaut_image, tmp_path, monkeypatch):
 
 @pytest.mark.timeout(300)
 def test_through_the_real_server_with_cancel(tiny, tmp_path):
-    from test_service import ServerProc, wait_for, wait_ready
+    from test_service import ServerProc, process_alive, wait_for, wait_ready
 
     from blender_addon.core import protocol as P
 
-    srv = ServerProc(tmp_path, "--preview-hz", "50", "--cancel-grace", "3", pipelines="stylize").start()
+    # a long grace: on a busy machine one tiny-model step may take seconds, and this test is
+    # about the pipeline noticing the cancel, not about the kill that follows an ignored one
+    srv = ServerProc(tmp_path, "--preview-hz", "50", "--cancel-grace", "30", pipelines="stylize").start()
     try:
         with srv.client() as c:
             wait_ready(c, timeout=120)
@@ -271,12 +272,14 @@ def test_through_the_real_server_with_cancel(tiny, tmp_path):
 
             job = c.submit(photo_bytes, "stylize", preset="test", style_prompt=STYLE, options={"steps": 100_000})
             wait_for(c, job, lambda m: isinstance(m, P.Progress) and m.stage == "stylize" and m.step >= 2, timeout=120)
-            t0 = time.perf_counter()
+            worker = c.connect().worker_pid
             c.cancel(job)
-            final = c.wait(job, timeout=30)
-            elapsed = time.perf_counter() - t0
+            final = c.wait(job, timeout=60)
             assert isinstance(final, P.JobFailed) and final.code == "cancelled", final
-            assert elapsed < 1.5, elapsed
+            # the worker stopped the job on its own (a cancel it ignored would have killed it):
+            # same worker process, alive, and the worker's own message, not the server's kill
+            assert final.message == "The job was cancelled.", final.message
+            assert c.connect().worker_pid == worker and process_alive(worker)
             assert c.job(job)["state"] == "cancelled"
     finally:
         srv.stop()
