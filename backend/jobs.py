@@ -203,7 +203,7 @@ class JobQueue:
 class JobStore:
     """Job folders under ``<state_dir>/jobs`` and their records, kept in memory too."""
 
-    def __init__(self, state_dir: str | os.PathLike):
+    def __init__(self, state_dir: str | os.PathLike[str]):
         self.root = Path(state_dir)
         self.jobs_dir = self.root / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -280,7 +280,7 @@ class JobStore:
         *,
         error: dict[str, str] | None = None,
         n_gaussians: int | None = None,
-        metrics: dict | None = None,
+        metrics: dict[str, Any] | None = None,
     ) -> None:
         if state not in TERMINAL_STATES:
             raise ValueError(f"{state!r} is not a final state")
@@ -301,8 +301,9 @@ class JobStore:
         :meth:`finish` so that a ``done`` job always has both."""
         d = self.job_dir(job_id)
         tmp = d / f".result.npz.tmp{os.getpid()}"
+        arrays: dict[str, Any] = dict(splats.as_dict())
         with open(tmp, "wb") as fh:
-            np.savez(fh, **splats.as_dict())
+            np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, d / "result.npz")

@@ -66,7 +66,7 @@ class Server(RequestHandlers):
     """The service loop. ``executor`` runs the jobs (default: a local worker subprocess);
     anything that implements :class:`backend.executors.Executor` will do."""
 
-    def __init__(self, config: ServerConfig, context: zmq.Context | None = None, executor: Executor | None = None):
+    def __init__(self, config: ServerConfig, context: zmq.Context[Any] | None = None, executor: Executor | None = None):
         self.config = config
         self.context = context or zmq.Context(io_threads=1)
         self.key = new_key() if config.key is None else config.key
@@ -76,8 +76,8 @@ class Server(RequestHandlers):
         self.executor: Executor = executor or WorkerExecutor(
             self.context, pipelines=config.pipelines, python=config.worker_python, env=config.worker_env
         )
-        self.router: zmq.Socket | None = None
-        self.pub: zmq.Socket | None = None
+        self.router: zmq.Socket[Any] | None = None
+        self.pub: zmq.Socket[Any] | None = None
         self.info: ConnectionInfo | None = None
         self._submitters: dict[str, list[bytes]] = {}  # job_id -> ROUTER identities of its submitter
         self._running: Running | None = None
@@ -128,16 +128,16 @@ class Server(RequestHandlers):
             curve_server_key=self._curve_public.decode("ascii") if cfg.curve else None,
         )
         self.executor.start()
-        write_connection_file(cfg.connection_file, self.info)
+        write_connection_file(cfg.connection_path, self.info)
         log.info(
             "listening on %s (requests) and %s (events); connection file %s",
             self.info.router_url,
             self.info.pub_url,
-            cfg.connection_file,
+            cfg.connection_path,
         )
         return self.info
 
-    def _socket(self, kind: int) -> zmq.Socket:
+    def _socket(self, kind: int) -> zmq.Socket[Any]:
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if self.config.curve:
@@ -151,13 +151,19 @@ class Server(RequestHandlers):
         return sock
 
     @staticmethod
-    def _bind(sock: zmq.Socket, url: str, port: int) -> int:
+    def _bind(sock: zmq.Socket[Any], url: str, port: int) -> int:
         if ":" in url[6:]:
             sock.setsockopt(zmq.IPV6, 1)
         if port:
             sock.bind(f"{url}:{port}")
             return port
         return sock.bind_to_random_port(url)
+
+    @property
+    def _pub(self) -> zmq.Socket[Any]:
+        if self.pub is None:
+            raise RuntimeError("the server has not started (or has closed)")
+        return self.pub
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -207,8 +213,9 @@ class Server(RequestHandlers):
                 sock.close(linger=0)
         self.router = self.pub = None
         try:
-            if self.info is not None and read_connection_file(self.config.connection_file).pid == os.getpid():
-                self.config.connection_file.unlink()
+            path = self.config.connection_path
+            if self.info is not None and read_connection_file(path).pid == os.getpid():
+                path.unlink()
         except (OSError, ValueError):
             pass
         self.context.term()
@@ -217,7 +224,7 @@ class Server(RequestHandlers):
     def _drain_router(self, max_messages: int = 100) -> None:
         for _ in range(max_messages):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
@@ -282,10 +289,10 @@ class Server(RequestHandlers):
         self,
         record: JobRecord,
         state: str,
-        error: dict | None,
+        error: dict[str, Any] | None,
         *,
         n_gaussians: int | None = None,
-        metrics: dict | None = None,
+        metrics: dict[str, Any] | None = None,
         elapsed: float = 0.0,
     ) -> None:
         """Persist the final state, tell the submitter, free the worker."""
@@ -300,7 +307,7 @@ class Server(RequestHandlers):
             log.info("job %s %s: [%s] %s", record.job_id, state, final.code, final.message)
         identities = self._submitters.pop(record.job_id, None)
         if identities:
-            self.session.send(self.router, final, identities=identities)
+            self.session.send(self._router, final, identities=identities)
         self.events.forget(record.job_id)
         if self._running is not None and self._running.job_id == record.job_id:
             self._running = None
@@ -408,7 +415,7 @@ class Server(RequestHandlers):
     def _publish(self, msg: Message, topic: bytes) -> bool:
         """Send to the subscribers of ``topic``; False when one of them is full (XPUB_NODROP)."""
         try:
-            self.session.send(self.pub, msg, identities=[topic], flags=zmq.NOBLOCK)
+            self.session.send(self._pub, msg, identities=[topic], flags=zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -416,19 +423,19 @@ class Server(RequestHandlers):
     def _publish_lossy(self, msg: Message, topic: bytes, parent_id: str = "") -> None:
         """Heartbeats and the hello check: never wait on a full subscriber (a stalled
         client must not hold up the heartbeats of the others); a lost one is harmless."""
-        self.pub.setsockopt(zmq.XPUB_NODROP, 0)
+        self._pub.setsockopt(zmq.XPUB_NODROP, 0)
         try:
-            self.session.send(self.pub, msg, identities=[topic], parent_id=parent_id, flags=zmq.NOBLOCK)
+            self.session.send(self._pub, msg, identities=[topic], parent_id=parent_id, flags=zmq.NOBLOCK)
         except zmq.Again:
             pass  # lossy by design: the next heartbeat / hello follows
         finally:
-            self.pub.setsockopt(zmq.XPUB_NODROP, 1)
+            self._pub.setsockopt(zmq.XPUB_NODROP, 1)
 
     def _drain_subscriptions(self) -> None:
         """XPUB hands us (un)subscription messages; we only log them."""
         for _ in range(1000):
             try:
-                frame = self.pub.recv(zmq.NOBLOCK)
+                frame = self._pub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             if frame[:1] in (b"\x00", b"\x01"):

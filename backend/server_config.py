@@ -71,6 +71,10 @@ class ServerConfig:
             )
 
     @property
+    def connection_path(self) -> Path:
+        return Path(self.connection_file) if self.connection_file else self.state_dir / "connection.json"
+
+    @property
     def limits(self) -> Limits:
         return Limits(max_frame_bytes=self.max_frame_bytes, max_total_bytes=self.max_frame_bytes + 4 * MiB)
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -32,6 +33,7 @@ from blender_addon.core.protocol import (
     CancelReply,
     DeleteJob,
     DeleteReply,
+    Envelope,
     Error,
     GetResult,
     Hello,
@@ -69,7 +71,7 @@ class RequestHandlers:
     store: JobStore
     queue: JobQueue
     executor: Executor
-    router: zmq.Socket | None
+    router: zmq.Socket[Any] | None
     _submitters: dict[str, list[bytes]]
     _running: Running | None
     _stopping: bool
@@ -83,16 +85,22 @@ class RequestHandlers:
         def _unavailable(self, pipeline: str) -> PipelineUnavailableError | None: ...
         def _publish_lossy(self, msg: Message, topic: bytes, parent_id: str = "") -> None: ...
 
-    def _reply(self, env, msg: Message) -> None:
-        self.session.send(self.router, msg, parent_id=env.header.msg_id, identities=env.identities)
+    @property
+    def _router(self) -> zmq.Socket[Any]:
+        if self.router is None:
+            raise RuntimeError("the server has not started (or has closed)")
+        return self.router
+
+    def _reply(self, env: Envelope, msg: Message) -> None:
+        self.session.send(self._router, msg, parent_id=env.header.msg_id, identities=env.identities)
 
     def _reply_error(self, identities: list[bytes], parent_id: str, code: str, message: str, hint: str = "") -> None:
         self.session.send(
-            self.router, Error(code=code, message=message, hint=hint), parent_id=parent_id, identities=identities
+            self._router, Error(code=code, message=message, hint=hint), parent_id=parent_id, identities=identities
         )
 
     @staticmethod
-    def _missing_models(pipelines) -> dict[str, str]:
+    def _missing_models(pipelines: Iterable[str]) -> dict[str, str]:
         """pipeline -> why it cannot run for want of weights (checked now: file existence
         only, so models downloaded while the server runs count at once)."""
         gaps = {}
@@ -139,16 +147,16 @@ class RequestHandlers:
             worker_pid=self.executor.pid,
         )
 
-    def _on_hello(self, env, msg: Hello) -> None:
+    def _on_hello(self, env: Envelope, msg: Hello) -> None:
         welcome = self._welcome()
         self._reply(env, welcome)
         # the subscription check: the client waits for this on its SUB before it trusts it
         self._publish_lossy(welcome, session_topic(env.header.session), parent_id=env.header.msg_id)
 
-    def _on_ping(self, env, msg: Ping) -> None:
+    def _on_ping(self, env: Envelope, msg: Ping) -> None:
         self._reply(env, Pong(server_time=time.time()))
 
-    def _on_submit(self, env, msg: SubmitJob) -> None:
+    def _on_submit(self, env: Envelope, msg: SubmitJob) -> None:
         cfg = self.config
         if not msg.image:
             raise PortraitSplatError("The photo is empty (0 bytes).", code="bad_image", hint="Choose a photo file.")
@@ -197,7 +205,7 @@ class RequestHandlers:
         self._reply(env, JobAccepted(job_id=record.job_id, position=position))
         self._dispatch()
 
-    def _on_cancel(self, env, msg: Cancel) -> None:
+    def _on_cancel(self, env: Envelope, msg: Cancel) -> None:
         record = self._record(msg.job_id)
         running = self._running
         if record.job_id in self.queue:
@@ -216,10 +224,10 @@ class RequestHandlers:
             return
         self._reply(env, CancelReply(job_id=record.job_id, state=record.state))
 
-    def _on_list_jobs(self, env, msg: ListJobs) -> None:
+    def _on_list_jobs(self, env: Envelope, msg: ListJobs) -> None:
         self._reply(env, JobList(jobs=[r.to_dict() for r in self.store.list(msg.limit)]))
 
-    def _on_get_result(self, env, msg: GetResult) -> None:
+    def _on_get_result(self, env: Envelope, msg: GetResult) -> None:
         record = self._record(msg.job_id)
         if record.state != jobs_mod.DONE:
             err = record.error or {}
@@ -239,7 +247,7 @@ class RequestHandlers:
             ) from exc
         self._reply(env, Result(job_id=record.job_id, splats=splats, ply=ply, metrics=record.metrics))
 
-    def _on_delete_job(self, env, msg: DeleteJob) -> None:
+    def _on_delete_job(self, env: Envelope, msg: DeleteJob) -> None:
         record = self._record(msg.job_id)
         if not record.terminal:
             raise PortraitSplatError(
@@ -260,7 +268,7 @@ class RequestHandlers:
         log.info("job %s: deleted (%.1f MB freed)", record.job_id, freed / 2**20)
         self._reply(env, DeleteReply(job_id=record.job_id, freed_bytes=freed))
 
-    def _on_shutdown(self, env, msg: Shutdown) -> None:
+    def _on_shutdown(self, env: Envelope, msg: Shutdown) -> None:
         log.info("shutdown requested")
         self._reply(env, ShutdownReply())
         self._stopping = True

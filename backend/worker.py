@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from blender_addon.core.protocol import JobFailed, Limits, Message, Preview, Progress, ProtocolError, Session
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 TEST_PIPELINES_ENV = "PORTRAITSPLAT_TEST_PIPELINES"
 TEST_PIPELINES = ("synthetic",)
+PipelineFn = Callable[..., Any]  # (image, *, preset, seed, options, reporter) -> RunResult
 PROGRESS_MIN_INTERVAL_S = 0.05  # progress events faster than 20 Hz are thinned (stage changes always pass)
 
 
@@ -120,7 +122,9 @@ class JobReporter:
 class Worker:
     """The worker process's loop: wait for a job, run it, report, repeat."""
 
-    def __init__(self, socket: zmq.Socket, session: Session, pipelines: dict[str, Callable], parent_pid: int | None):
+    def __init__(
+        self, socket: zmq.Socket[Any], session: Session, pipelines: dict[str, PipelineFn], parent_pid: int | None
+    ):
         self.socket = socket
         self.session = session
         self.pipelines = pipelines
@@ -264,10 +268,10 @@ class Worker:
         return exit_code
 
 
-def _load_image(job: RunJob):
+def _load_image(job: RunJob) -> np.ndarray:
     from backend.image_io import load_image
 
-    kwargs = {}
+    kwargs: dict[str, int] = {}
     if job.max_image_pixels:
         kwargs["max_pixels"] = job.max_image_pixels
     if job.max_image_bytes:
@@ -290,7 +294,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def _json_metrics(metrics: dict) -> dict[str, Any]:
+def _json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Only finite numbers, strings and bools survive (the wire refuses NaN)."""
     out: dict[str, Any] = {}
     for key, value in (metrics or {}).items():
@@ -306,12 +310,12 @@ def _json_metrics(metrics: dict) -> dict[str, Any]:
     return out
 
 
-def load_pipelines(names: list[str] | None) -> tuple[dict[str, Callable], dict[str, str]]:
+def load_pipelines(names: list[str] | None) -> tuple[dict[str, PipelineFn], dict[str, str]]:
     """(name -> run function, name -> why unavailable) for ``names`` (None: every pipeline
     ``backend.pipelines.available()`` offers, plus the test-only ones when enabled).
     Importing them here is what keeps them (and torch, and their models) warm."""
     test_ok = os.environ.get(TEST_PIPELINES_ENV) == "1"
-    table: dict[str, Callable] = {}
+    table: dict[str, PipelineFn] = {}
     unavailable: dict[str, str] = {}
     regular = None if names is None else [n for n in names if n not in TEST_PIPELINES]
     if regular is None or regular:

@@ -54,7 +54,7 @@ def _cli_download(args: Any) -> int:
     results = download(names, token=args.token or os.environ.get("HF_TOKEN"), force=args.force)
     failed = 0
     for r in results:
-        if r.ok:
+        if r.ok or r.error is None:
             print(f"{r.name:18s} {'already present' if r.skipped else 'downloaded'}: {r.path}")
         else:
             failed += 1

@@ -25,8 +25,10 @@ def add_parsers(subparsers: Any) -> None:
     add_jobs_parser(subparsers)
 
 
-def add_serve_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("serve", help="run the backend service (ZeroMQ) for Blender and the CLI")
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "serve", help="run the backend service (ZeroMQ) for Blender and the CLI"
+    )
     p.add_argument(
         "--connection-file",
         type=Path,
@@ -65,8 +67,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def add_ping_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("ping", help="check that a backend answers; print its versions and capabilities")
+def add_ping_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "ping", help="check that a backend answers; print its versions and capabilities"
+    )
     p.add_argument("--connection-file", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--json", action="store_true", help="print the welcome message as JSON")
@@ -74,8 +78,10 @@ def add_ping_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def add_jobs_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("jobs", help="list a backend's jobs; delete ended ones and their folders")
+def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "jobs", help="list a backend's jobs; delete ended ones and their folders"
+    )
     p.add_argument("--connection-file", type=Path, required=True)
     p.add_argument("--delete", nargs="+", default=[], metavar="JOB_ID", help="delete these ended jobs")
     p.add_argument(
@@ -91,9 +97,10 @@ def add_jobs_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def serve(args) -> int:
+def serve(args: Any) -> int:
     from backend.errors import PortraitSplatError
-    from backend.server import Server, ServerConfig
+    from backend.server import Server
+    from backend.server_config import ServerConfig
 
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -140,14 +147,14 @@ def serve(args) -> int:
         )
         return EXIT_FAILED
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: object) -> None:
         server.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(
         f"PortraitSplat backend {info.server_version} (protocol {info.protocol_version}) listening on "
-        f"{info.router_url} + {info.pub_url}; connection file: {config.connection_file}",
+        f"{info.router_url} + {info.pub_url}; connection file: {config.connection_path}",
         flush=True,
     )
     server.serve_forever()
@@ -156,7 +163,7 @@ def serve(args) -> int:
 
 # ------------------------------------------------------------------------- ping
 @user_errors
-def ping(args) -> int:
+def ping(args: Any) -> int:
     from blender_addon.core.client import Client
 
     with Client(args.connection_file, name="portraitsplat-ping") as client:
@@ -171,7 +178,7 @@ def ping(args) -> int:
         return 0
     vram = ""
     if welcome.vram_total:
-        vram = f", VRAM {welcome.vram_free / 2**30:.1f} of {welcome.vram_total / 2**30:.1f} GiB free"
+        vram = f", VRAM {(welcome.vram_free or 0) / 2**30:.1f} of {welcome.vram_total / 2**30:.1f} GiB free"
     print(
         f"backend {welcome.server_version} (protocol {welcome.protocol_version}) pid {welcome.server_pid}: answered in {rtt * 1000:.2f} ms (handshake {hello_s * 1000:.0f} ms)"
     )
@@ -188,7 +195,7 @@ def ping(args) -> int:
 
 # ------------------------------------------------------------------------- jobs
 @user_errors
-def jobs(args) -> int:
+def jobs(args: Any) -> int:
     """List the jobs (newest first), or delete the named ones / those ended before a cutoff."""
     from blender_addon.core.client import Client, ServiceError
 
@@ -219,7 +226,7 @@ def jobs(args) -> int:
         return EXIT_FAILED if failed else 0
 
 
-def _print_jobs(records: list[dict], *, as_json: bool) -> None:
+def _print_jobs(records: list[dict[str, Any]], *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(records, indent=1))
         return

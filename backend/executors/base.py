@@ -14,7 +14,7 @@ messages :meth:`drain` returns (``worker_ready``, ``progress``, ``preview``,
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import zmq
 
@@ -35,7 +35,7 @@ class Executor(Protocol):
         ...
 
     @property
-    def socket(self) -> zmq.Socket | None:
+    def socket(self) -> zmq.Socket[Any] | None:
         """A socket the server's poller may wait on for :meth:`drain`; None: poll on a timer."""
         ...
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -41,7 +42,7 @@ class WorkerExecutor:
 
     def __init__(
         self,
-        context: zmq.Context,
+        context: zmq.Context[Any],
         *,
         pipelines: tuple[str, ...] | None = None,
         python: str | None = None,
@@ -53,8 +54,8 @@ class WorkerExecutor:
         self.env = dict(env or {})
         self.state = "stopped"
         self.info: WorkerReady | None = None
-        self.socket: zmq.Socket | None = None
-        self.proc: subprocess.Popen | None = None
+        self.socket: zmq.Socket[Any] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.session: Session | None = None
         self.job_id: str | None = None
         self.generation = 0

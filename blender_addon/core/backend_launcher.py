@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 from .errors import PortraitSplatError
 
@@ -64,12 +65,12 @@ class BackendCommand:
 class BackendProcess:
     """A running backend subprocess; its stdout and stderr go to ``log_path``."""
 
-    def __init__(self, popen: subprocess.Popen, command: BackendCommand, log_path: Path, log_file):
+    def __init__(self, popen: subprocess.Popen[bytes], command: BackendCommand, log_path: Path, log_file: IO[bytes]):
         self.popen = popen
         self.command = command
         self.log_path = log_path
         self._log_file = log_file
-        self.connection_info: dict | None = None
+        self.connection_info: dict[str, Any] | None = None
 
     @property
     def pid(self) -> int:
@@ -84,7 +85,7 @@ class BackendProcess:
         except OSError:
             return ""
 
-    def wait_ready(self, timeout: float = 60.0, poll_interval: float = 0.05) -> dict:
+    def wait_ready(self, timeout: float = 60.0, poll_interval: float = 0.05) -> dict[str, Any]:
         """Block until the connection file parses, the process exits, or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         path = self.command.connection_file
@@ -163,7 +164,7 @@ def launch_backend(command: BackendCommand, *, timeout: float = 60.0, wait: bool
     env.setdefault("PYTHONUNBUFFERED", "1")
     log_path = command.state_dir / "backend.log"
     log_file = open(log_path, "ab")
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if sys.platform == "win32":
         kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
     try:

@@ -28,12 +28,13 @@ Usage::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 
 CLIENT_NAME = "portraitsplat-client"
 TERMINAL = (JobDone, JobFailed)
+M = TypeVar("M", bound=Message)
 
 
 class ServiceError(PortraitSplatError):
@@ -103,10 +105,10 @@ class Client:
 
     def __init__(
         self,
-        connection: str | os.PathLike | ConnectionInfo,
+        connection: str | os.PathLike[str] | ConnectionInfo,
         *,
         limits: Limits | None = None,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         name: str = CLIENT_NAME,
         event_hwm: int = 2,
     ):
@@ -137,7 +139,7 @@ class Client:
         self.stats = {"previews_received": 0, "previews_skipped": 0}  # skipped: superseded in one poll
         self.closed = False
 
-    def _socket(self, kind: int) -> zmq.Socket:
+    def _socket(self, kind: int) -> zmq.Socket[Any]:
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if self.info.curve_server_key:
@@ -177,7 +179,7 @@ class Client:
                 wait = resend_at - time.monotonic()
                 if wait <= 0:
                     break
-                ready = dict(self._poller().poll(wait * 1000))
+                ready = dict(self._poller().poll(math.ceil(wait * 1000)))
                 if self.dealer in ready:
                     env = self.session.recv(self.dealer)  # a ProtocolError here is fatal
                     if env.parent_id in hello_ids:
@@ -242,7 +244,7 @@ class Client:
         for the first message. Heartbeats update :attr:`last_heartbeat` and are not returned.
         Of several previews for one job only the newest is returned."""
         if not self._events and timeout > 0:
-            self._poller().poll(timeout * 1000)
+            self._poller().poll(math.ceil(timeout * 1000))
         out: list[Message] = list(self._events)
         self._events.clear()
         for sock in (self.dealer, self.sub):
@@ -264,7 +266,7 @@ class Client:
             if isinstance(msg, Preview):
                 newest_preview[msg.job_id] = i
                 self.stats["previews_received"] += 1
-        out = []
+        out: list[Message] = []
         for i, msg in enumerate(messages):
             if isinstance(msg, Heartbeat):
                 self.last_heartbeat, self.last_heartbeat_at = msg, time.monotonic()
@@ -286,12 +288,12 @@ class Client:
         return None if self.last_heartbeat_at is None else time.monotonic() - self.last_heartbeat_at
 
     # ---------------------------------------------------------------- requests
-    def _request(self, msg: Message, reply_type: type, timeout: float) -> Message:
+    def _request(self, msg: Message, reply_type: type[M], timeout: float) -> M:
         msg_id = self.session.send(self.dealer, msg)
         deadline = time.monotonic() + timeout
         while True:
             wait = deadline - time.monotonic()
-            if wait <= 0 or not self.dealer.poll(wait * 1000):
+            if wait <= 0 or not self.dealer.poll(math.ceil(wait * 1000)):
                 self._reset_dealer()
                 raise ServiceTimeout(
                     f"no reply to {msg.msg_type} from the backend at {self.info.router_url} within {timeout:g} s",

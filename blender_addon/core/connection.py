@@ -17,6 +17,7 @@ import os
 import secrets
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import PortraitSplatError
 from .protocol import PROTOCOL_VERSION, SIGNATURE_SCHEME
@@ -65,11 +66,11 @@ class ConnectionInfo:
     def pub_url(self) -> str:
         return f"{self.transport}://{self._host()}:{self.pub_port}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ConnectionInfo:
+    def from_dict(cls, data: dict[str, Any]) -> ConnectionInfo:
         names = {f.name for f in fields(cls)}
         missing = [n for n in ("ip", "router_port", "pub_port", "key") if n not in data]
         if missing:
@@ -84,7 +85,7 @@ class ConnectionInfo:
         return info
 
 
-def write_connection_file(path: str | os.PathLike, info: ConnectionInfo) -> Path:
+def write_connection_file(path: str | os.PathLike[str], info: ConnectionInfo) -> Path:
     """Write atomically with mode 0600 (the file holds the signing key)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,7 @@ def write_connection_file(path: str | os.PathLike, info: ConnectionInfo) -> Path
     return path
 
 
-def read_connection_file(path: str | os.PathLike) -> ConnectionInfo:
+def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -16,9 +16,14 @@ turns with M too (``sh.rotate_sh``); the DC colour does not change.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .sh import rotate_sh
+
+if TYPE_CHECKING:
+    from .splat_arrays import SplatArrays
 
 HEAD_TO_PLY = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=np.float64)
 PLY_TO_HEAD = HEAD_TO_PLY.T
@@ -172,7 +177,7 @@ def bake_transform(
     return new_means.astype(dt), new_quats.astype(dt), new_log_scales.astype(dt)
 
 
-def bake_splats(matrix: np.ndarray, splats):
+def bake_splats(matrix: np.ndarray, splats: SplatArrays) -> SplatArrays:
     """Bake a similarity transform into a whole ``SplatArrays`` (the add-on's PLY export):
     positions, rotations and scales as :func:`bake_transform`, and the SH bands turned with
     the rotation."""

@@ -23,6 +23,8 @@ frame conversion both use it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 _C1 = 0.4886025119029199
@@ -40,7 +42,7 @@ _C3 = (
 DEGREE_OF_K = {0: 0, 3: 1, 8: 2, 15: 3}  # coefficients beyond DC per colour channel -> SH degree
 
 
-def sh_basis_terms(x, y, z, degree: int) -> list:
+def sh_basis_terms(x: Any, y: Any, z: Any, degree: int) -> list[Any]:
     """Bands 1..degree of the basis at unit directions given by their components (numpy
     arrays or torch tensors alike): a list of (degree+1)^2 - 1 arrays, in 3DGS order."""
     terms = []

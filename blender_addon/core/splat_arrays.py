@@ -17,8 +17,10 @@ Float16 is allowed for transport (previews); ``astype`` converts.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .sh import DEGREE_OF_K
 
@@ -99,17 +101,20 @@ class SplatArrays:
         return DEGREE_OF_K[0 if self.shN is None else self.shN.shape[1]]
 
     def rgb(self) -> np.ndarray:  # [N, 3] in [0, 1]
-        return np.clip(sh0_to_rgb(self.sh0), 0.0, 1.0)
+        rgb: np.ndarray = np.clip(sh0_to_rgb(self.sh0), 0.0, 1.0)
+        return rgb
 
     def opacity(self) -> np.ndarray:  # [N]
         return sigmoid(self.opacity_logits)
 
     def scales(self) -> np.ndarray:  # [N, 3] metres
-        return np.exp(self.log_scales.astype(np.float32))
+        scales: np.ndarray = np.exp(self.log_scales.astype(np.float32))
+        return scales
 
     def unit_quats(self) -> np.ndarray:  # [N, 4] wxyz
         q = self.quats.astype(np.float32)
-        return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        unit: np.ndarray = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        return unit
 
     # ------------------------------------------------------------ conversions
     def as_dict(self) -> dict[str, np.ndarray]:
@@ -125,19 +130,19 @@ class SplatArrays:
             raise SplatArrayError(f"missing splat arrays: {', '.join(missing)}")
         return cls(**{k: arrays[k] for k in _FIELDS if k in arrays})
 
-    def astype(self, dtype) -> SplatArrays:
+    def astype(self, dtype: npt.DTypeLike) -> SplatArrays:
         dtype = np.dtype(dtype)
-        return SplatArrays(
-            **{
-                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).astype(dtype))
-                for f in fields(self)
-            }
-        )
+        arrays: dict[str, Any] = {
+            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).astype(dtype))
+            for f in fields(self)
+        }
+        return SplatArrays(**arrays)
 
     def subset(self, index: np.ndarray) -> SplatArrays:
-        return SplatArrays(
-            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index]) for f in fields(self)}
-        )
+        arrays: dict[str, Any] = {
+            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index]) for f in fields(self)
+        }
+        return SplatArrays(**arrays)
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.as_dict().values())

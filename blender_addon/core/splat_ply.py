@@ -43,7 +43,7 @@ def to_ply_bytes(splats: SplatArrays, frame: str = "ply") -> bytes:
     return buf.getvalue()
 
 
-def write_ply(path: str | os.PathLike, splats: SplatArrays, frame: str = "ply") -> None:
+def write_ply(path: str | os.PathLike[str], splats: SplatArrays, frame: str = "ply") -> None:
     """Write atomically: a temp file beside the target, then rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -54,7 +54,7 @@ def write_ply(path: str | os.PathLike, splats: SplatArrays, frame: str = "ply") 
     os.replace(tmp, path)
 
 
-def read_ply(source: str | os.PathLike | bytes, frame: str = "ply") -> SplatArrays:
+def read_ply(source: str | os.PathLike[str] | bytes, frame: str = "ply") -> SplatArrays:
     """Read a 3DGS PLY (ours or another tool's) into head-frame arrays."""
     if frame not in FRAMES:
         raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
@@ -74,7 +74,10 @@ def read_ply(source: str | os.PathLike | bytes, frame: str = "ply") -> SplatArra
     missing = [n for n in need if n not in names]
     if missing:
         raise SplatPlyError(f"PLY is not a Gaussian splat file; missing properties: {', '.join(missing)}")
-    col = lambda *keys: np.stack([np.asarray(v[k], dtype=np.float32) for k in keys], axis=1)  # noqa: E731
+
+    def col(*keys: str) -> np.ndarray:
+        return np.stack([np.asarray(v[k], dtype=np.float32) for k in keys], axis=1)
+
     means = col("x", "y", "z")
     quats = col("rot_0", "rot_1", "rot_2", "rot_3")
     rest = sorted((n for n in names if n.startswith("f_rest_")), key=lambda s: int(s[7:]))

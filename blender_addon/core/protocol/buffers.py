@@ -45,7 +45,7 @@ def _specs(cls: type[Message]) -> tuple[_FieldSpec, ...]:
         namespace = {**vars(sys.modules[Message.__module__]), **globals(), **(vars(module) if module else {})}
         hints = typing.get_type_hints(cls, globalns=namespace)
         out = []
-        for f in fields(cls):
+        for f in fields(typing.cast(Any, cls)):  # every message class is a dataclass
             hint = hints[f.name]
             args = _union_args(hint)
             optional = type(None) in args
@@ -63,7 +63,7 @@ def _specs(cls: type[Message]) -> tuple[_FieldSpec, ...]:
     return specs
 
 
-def _union_args(hint: Any) -> tuple:
+def _union_args(hint: Any) -> tuple[Any, ...]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return typing.get_args(hint)
     return (hint,)
@@ -102,7 +102,7 @@ def _conforms(value: Any, hint: Any) -> bool:
 # ------------------------------------------------------------------ array buffers
 def pack_splats(
     splats: SplatArrays, dtype: str | np.dtype | None = None, field_name: str = "splats"
-) -> tuple[list[dict], list[memoryview]]:
+) -> tuple[list[dict[str, Any]], list[memoryview]]:
     """SplatArrays -> (descriptors, buffers), one buffer per array, zero-copy where the
     arrays are already contiguous little-endian (``dtype="float16"`` converts, for previews)."""
     if dtype is not None:
@@ -116,7 +116,7 @@ def pack_splats(
     return descriptors, buffers
 
 
-def unpack_splats(descriptors: Sequence[dict], buffers: Sequence[Any]) -> SplatArrays:
+def unpack_splats(descriptors: Sequence[dict[str, Any]], buffers: Sequence[Any]) -> SplatArrays:
     """The inverse of :func:`pack_splats` (arrays are read-only views of ``buffers``)."""
     arrays = {}
     for desc, buf in zip(descriptors, buffers, strict=True):
@@ -124,16 +124,16 @@ def unpack_splats(descriptors: Sequence[dict], buffers: Sequence[Any]) -> SplatA
     return SplatArrays.from_dict(arrays)
 
 
-def _pack_array(arr: np.ndarray) -> tuple[dict, memoryview]:
+def _pack_array(arr: np.ndarray) -> tuple[dict[str, Any], memoryview]:
     arr = np.asarray(arr)
     name = arr.dtype.name
     if name not in DTYPES:
         raise ProtocolError("invalid_content", f"dtype {arr.dtype} cannot be sent (allowed: {', '.join(DTYPES)})")
     arr = np.ascontiguousarray(arr, dtype=DTYPES[name])  # no copy when already C-contiguous LE
-    return {"dtype": name, "shape": list(arr.shape)}, memoryview(arr.reshape(-1).view(np.uint8))
+    return {"dtype": name, "shape": list(arr.shape)}, arr.reshape(-1).view(np.uint8).data
 
 
-def _unpack_array(desc: dict, buf: Any) -> np.ndarray:
+def _unpack_array(desc: dict[str, Any], buf: Any) -> np.ndarray:
     dtype = DTYPES[desc["dtype"]]
     shape = tuple(desc["shape"])
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
@@ -177,4 +177,4 @@ def _check_descriptor(desc: Any, buf: Any, specs: dict[str, _FieldSpec]) -> str:
         raise ProtocolError(
             "buffer_mismatch", f"field {name!r}: shape {shape} x {dtype} is {expected} bytes, the frame has {got}"
         )
-    return name
+    return str(name)

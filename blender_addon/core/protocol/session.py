@@ -9,7 +9,7 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -67,7 +67,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _load_json(frame: Any, what: str, limit: int) -> dict:
+def _load_json(frame: Any, what: str, limit: int) -> dict[str, Any]:
     view = _buffer_view(frame)
     if view.nbytes > limit:
         raise ProtocolError("oversize", f"{what} JSON is {view.nbytes} bytes; the limit is {limit}")
@@ -103,7 +103,9 @@ class ReplayGuard:
         clock: seconds since the epoch (``time.time``; tests may shift it).
     """
 
-    def __init__(self, window_s: float = REPLAY_WINDOW_S, max_history: int = 100_000, clock=time.time):
+    def __init__(
+        self, window_s: float = REPLAY_WINDOW_S, max_history: int = 100_000, clock: Callable[[], float] = time.time
+    ):
         self.window_s = float(window_s)
         self.max_history = int(max_history)
         self.clock = clock
@@ -149,7 +151,7 @@ class Session:
 
     def __init__(
         self,
-        key: bytes = b"",
+        key: bytes | str = b"",
         *,
         session_id: str | None = None,
         limits: Limits | None = None,
@@ -190,7 +192,7 @@ class Session:
         if type(msg).msg_type not in self.types:
             raise ProtocolError("unknown_msg_type", f"{type(msg).__name__} is not a message this session sends")
         content: dict[str, Any] = {}
-        descriptors: list[dict] = []
+        descriptors: list[dict[str, Any]] = []
         buffers: list[Any] = []
         for spec in _specs(type(msg)):
             value = getattr(msg, spec.name)
@@ -230,7 +232,7 @@ class Session:
 
     def send(
         self,
-        socket: zmq.Socket,
+        socket: zmq.Socket[Any],
         msg: Message,
         *,
         parent_id: str = "",
@@ -247,7 +249,7 @@ class Session:
         return msg_id
 
     # ----------------------------------------------------------- deserialising
-    def recv(self, socket: zmq.Socket, flags: int = 0) -> Envelope:
+    def recv(self, socket: zmq.Socket[Any], flags: int = 0) -> Envelope:
         """Receive zero-copy and decode; raises :class:`ProtocolError` (and ``zmq.Again``
         with ``flags=zmq.NOBLOCK`` when nothing is waiting)."""
         return self.deserialize(socket.recv_multipart(flags=flags, copy=False))
@@ -328,13 +330,13 @@ class Session:
         content = _load_json(signed[2], "content", lim.max_json_bytes)
         return parent_id, self._build(cls, content, signed[3:])
 
-    def _build(self, cls: type[Message], content: dict, buffers: Sequence[Any]) -> Message:
+    def _build(self, cls: type[Message], content: dict[str, Any], buffers: Sequence[Any]) -> Message:
         descriptors = content.get("buffers", [])
         if not isinstance(descriptors, list) or len(descriptors) != len(buffers):
             n = len(descriptors) if isinstance(descriptors, list) else "no"
             raise ProtocolError("buffer_mismatch", f"{n} buffer descriptors for {len(buffers)} buffer frames")
         specs = {s.name: s for s in _specs(cls)}
-        grouped: dict[str, list[tuple[dict, Any]]] = {}
+        grouped: dict[str, list[tuple[dict[str, Any], Any]]] = {}
         for desc, buf in zip(descriptors, buffers):
             name = _check_descriptor(desc, buf, specs)
             grouped.setdefault(name, []).append((desc, buf))
