@@ -104,3 +104,34 @@ def tiny_sv3d_path(tmp_path_factory) -> Path:
     from backend.testing import save_tiny_sv3d
 
     return save_tiny_sv3d(tmp_path_factory.mktemp("tiny_sv3d") / "sv3d")
+
+
+# ------------------------------------------------------------ the service under test
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One synthetic-pipeline server per test module (see service_support.ServerProc)."""
+    from service_support import ServerProc, wait_ready
+
+    srv = ServerProc(
+        tmp_path_factory.mktemp("service"),
+        "--cancel-grace",
+        "3",  # long enough that a reporting job stops on its own even on a busy machine
+        "--max-frame-mb",
+        "1",
+        "--max-image-mb",
+        "0.5",
+        "--max-image-pixels",
+        "4000000",
+        "--preview-hz",
+        "50",
+    ).start()
+    with srv.client() as c:
+        wait_ready(c)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    with server.client() as c:
+        yield c

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from test_service import FAST, LONG, PHOTO, REPO, ServerProc, _pythonpath, wait_for
+from service_support import FAST, LONG, PHOTO, REPO, ServerProc, _pythonpath, wait_for
 
 from backend.jobs import DONE, JobRecord, JobStore
 from blender_addon.core import protocol as P

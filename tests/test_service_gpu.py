@@ -24,7 +24,7 @@ def test_real_cuda_oom_is_recognised():
 
 
 def test_cuda_oom_in_a_job_is_typed_and_the_worker_restarts(tmp_path):
-    from test_service import FAST, PHOTO, ServerProc, wait_ready
+    from service_support import FAST, PHOTO, ServerProc, wait_ready
 
     srv = ServerProc(tmp_path).start()
     try:
