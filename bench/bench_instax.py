@@ -35,7 +35,7 @@ import torch
 from backend.gaussians.binding import bind, decimate
 from backend.gaussians.cameras import orbit_cameras
 from backend.gaussians.loop import render_model
-from backend.pipelines import instax
+from backend.pipelines import ModelCache, instax
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -180,14 +180,16 @@ def bench_generation(parts, args, resolution: int, steps: int) -> None:
 def bench_e2e(parts, args, preset: str) -> None:
     from backend.image_io import load_image
 
-    dtype = torch.float16 if torch.device(args.device).type == "cuda" else torch.float32
-    instax._SV3D_CACHE.clear()
-    instax._SV3D_CACHE[("sv3d_u", str(torch.device(args.device)), dtype)] = parts
+    cache = ModelCache()  # holds the bench's generator where instax.run looks for SV3D
+    cache.get(instax.SV3D_SLOT, instax.generator_key("sv3d_u", torch.device(args.device)), lambda: parts)
     image = load_image(REPO / "examples" / "astronaut.jpg")
     _peak_reset(args.device)
     t0 = time.perf_counter()
     result = instax.run(
-        image, preset=preset, options={"sv3d_resolution": args.resolution, "sv3d_steps": args.sv3d_steps}
+        image,
+        preset=preset,
+        options={"sv3d_resolution": args.resolution, "sv3d_steps": args.sv3d_steps},
+        model_cache=cache,
     )
     _sync(args.device)
     wall = time.perf_counter() - t0

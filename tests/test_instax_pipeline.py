@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import save_file
 
 from backend.errors import ModelMissingError
-from backend.pipelines import available, instax
+from backend.pipelines import ModelCache, available, instax
 from backend.pipelines.outputs import write_outputs
 from backend.testing import save_tiny_sv3d
 from blender_addon.core.splat_ply import read_ply
@@ -28,9 +28,7 @@ def tiny_sv3d(tmp_path_factory):
 @pytest.fixture
 def use_tiny(tiny_sv3d, monkeypatch):
     monkeypatch.setenv("PORTRAITSPLAT_MODEL_SV3D_U", str(tiny_sv3d))
-    instax._SV3D_CACHE.clear()
     yield tiny_sv3d
-    instax._SV3D_CACHE.clear()
 
 
 class Recorder:
@@ -76,10 +74,18 @@ def test_runs_end_to_end_streams_frames_and_previews_and_writes_a_ply(use_tiny, 
 def test_missing_sv3d_fails_with_the_download_command(astronaut_image, tmp_path, monkeypatch):
     monkeypatch.setenv("PORTRAITSPLAT_MODELS", str(tmp_path))
     monkeypatch.delenv("PORTRAITSPLAT_MODEL_SV3D_U", raising=False)
-    instax._SV3D_CACHE.clear()
     with pytest.raises(ModelMissingError) as err:
         instax.run(astronaut_image, preset="test")
     assert "python -m backend models download --only sv3d_u" in err.value.hint
+
+
+def test_sv3d_stays_warm_in_the_cache_it_is_given(use_tiny):
+    import torch
+
+    cache, cpu = ModelCache(), torch.device("cpu")
+    parts = instax.load_generator("sv3d_u", cpu, cache)
+    assert instax.load_generator("sv3d_u", cpu, cache) is parts and cache.peek(instax.SV3D_SLOT) is parts
+    assert instax.load_generator("sv3d_u", cpu) is not parts  # no cache given: a fresh load
 
 
 def test_unknown_preset_is_refused():
@@ -90,7 +96,7 @@ def test_unknown_preset_is_refused():
 
 @pytest.mark.timeout(300)
 def test_through_the_real_server(use_tiny, tmp_path):
-    from test_service import REPO, ServerProc, wait_ready
+    from service_support import REPO, ServerProc, wait_ready
 
     from blender_addon.core import protocol as P
 

@@ -12,7 +12,7 @@ from backend.gaussians.cameras import orbit_cameras
 from backend.gaussians.loop import render_model
 from backend.gaussians.losses import psnr
 from backend.guidance.sv3d import orbit_azimuths
-from backend.pipelines.instax import PRESETS, fit_template, orbit_world_cameras, reconstruct
+from backend.pipelines.instax import PRESETS, fit_to_orbit, head_frame_cameras, orbit_world_cameras, reconstruct
 from backend.prior.fit import MEDIAPIPE_INDEX, pose_from_euler
 from backend.prior.template import build_head
 from blender_addon.core.splat_arrays import rgb_to_sh0
@@ -98,13 +98,13 @@ def test_fit_template_recovers_head_frame_cameras_and_orbit_direction(direction)
     lms = _anchor_landmarks(None, build_head().params, head_cams)
     landmarks = {20: lms[20], 19: lms[19], 0: lms[0]}  # the reference (last) and its neighbours
 
-    fit = fit_template(landmarks, world)
-    got = fit.cameras.viewmats.double().numpy()
+    fit = fit_to_orbit(landmarks, world)  # backend.prior.multiview.fit_template on the orbit's cameras
+    got = head_frame_cameras(fit, world).viewmats.double().numpy()
     centres = lambda M: -np.einsum("cji,cj->ci", M[:, :3, :3], M[:, :3, 3])  # noqa: E731
     assert np.abs(centres(got) - centres(truth)).max() < 0.03  # metres, on a ~0.55 m orbit
     rot_err = np.degrees(np.arccos(np.clip((np.einsum("cij,cij->c", got[:, :3, :3], truth[:, :3, :3]) - 1) / 2, -1, 1)))
     assert rot_err.max() < 2.0
     assert fit.scale == pytest.approx(s, rel=0.05)
     # the wrong turning direction makes the frames disagree about the head's rotation
-    wrong = fit_template(landmarks, orbit_world_cameras(az, 10.0, 576, -direction))
+    wrong = fit_to_orbit(landmarks, orbit_world_cameras(az, 10.0, 576, -direction))
     assert fit.rotation_spread_deg < 2.0 < wrong.rotation_spread_deg

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from backend.errors import InvalidOptionError, ModelMissingError, PortraitSplatError, UnknownPresetError
-from backend.pipelines import available, instax, photo, stylize
+from backend.pipelines import ModelCache, available, instax, photo, stylize
 from backend.pipelines.outputs import write_outputs
 from blender_addon.core.splat_ply import read_ply
 
@@ -133,8 +133,24 @@ def test_presets_follow_method_a():
     assert cfg.steps == 300 and style == "ink" and stylize.schedule(cfg).switch_step == 100
 
 
+def test_model_cache_keeps_one_model_per_slot():
+    cache, built = ModelCache(), []
+
+    def build(name):
+        built.append(name)
+        return object()
+
+    a = cache.get("unet", ("a", "cpu"), lambda: build("a"))
+    assert cache.get("unet", ("a", "cpu"), lambda: build("again")) is a and built == ["a"]  # warm
+    b = cache.get("unet", ("b", "cpu"), lambda: build("b"))  # a new key replaces the slot's model
+    assert b is not a and cache.peek("unet") is b and built == ["a", "b"]
+    cache.get("vae", "k", lambda: build("vae"))
+    assert len(cache) == 2 and "vae" in cache
+    cache.clear()
+    assert len(cache) == 0 and cache.peek("unet") is None
+
+
 def test_runs_end_to_end_with_both_terms(tiny, astronaut_image, tmp_path):
-    stylize._MODELS.clear()
     rec = Recorder()
     result = stylize.run(astronaut_image, preset="test", seed=0, options={"style": STYLE}, reporter=rec)
     m = result.metrics
@@ -156,9 +172,10 @@ def test_runs_end_to_end_with_both_terms(tiny, astronaut_image, tmp_path):
 
 
 def test_ablations_text_only_and_no_mvdream(tiny, astronaut_image, monkeypatch):
-    rec = Recorder()
-    stylize.run(astronaut_image, preset="test", options={"steps": 2, "style": STYLE}, reporter=rec)
-    controlnet = stylize._MODELS["controlnet"][1]
+    rec, cache = Recorder(), ModelCache()  # the worker's one cache, handed to every job
+    stylize.run(astronaut_image, preset="test", options={"steps": 2, "style": STYLE}, reporter=rec, model_cache=cache)
+    controlnet = cache.peek("controlnet")
+    assert controlnet is not None
     # text only: neither insightface nor the adapter is needed (their folders may be absent)
     monkeypatch.setenv("PORTRAITSPLAT_MODEL_BUFFALO_L", str(tiny / "nowhere"))
     monkeypatch.setenv("PORTRAITSPLAT_MODEL_IP_ADAPTER_FACEID", str(tiny / "nowhere"))
@@ -168,13 +185,14 @@ def test_ablations_text_only_and_no_mvdream(tiny, astronaut_image, monkeypatch):
         preset="test",
         options={"identity": False, "mvdream": False, "steps": 4, "style": STYLE},
         reporter=rec,
+        model_cache=cache,
     )
     m = result.metrics
     assert "loss_mvdream" not in m and np.isfinite(m["loss_sas"]) and m["identity"] is False
     assert ("stylize", 4, 4) in rec.events and "style" not in [e[0] for e in rec.events]  # style set cached
-    assert stylize._MODELS["controlnet"][1] is controlnet  # warm between jobs
-    assert not any(
-        getattr(p, "to_k_ip", None) is not None for p in stylize._MODELS["sd15"][1].unet.attn_processors.values()
+    assert cache.peek("controlnet") is controlnet  # warm between jobs
+    assert not any(  # identity off: SD1.5 reloaded without the adapter
+        getattr(p, "to_k_ip", None) is not None for p in cache.peek("sd15").unet.attn_processors.values()
     )
 
 
@@ -226,10 +244,11 @@ def test_instax_then_stylize(tiny, astronaut_image, tmp_path, monkeypatch):
     sv3d = save_tiny_sv3d(tmp_path / "sv3d_u")
     save_file({}, str(sv3d / "sv3d_u.safetensors"))  # what the registry looks for
     monkeypatch.setenv("PORTRAITSPLAT_MODEL_SV3D_U", str(sv3d))
-    instax._SV3D_CACHE.clear()
-    rec = Recorder()
-    result = stylize.run_instax(astronaut_image, preset="test", options={"steps": 3, "style": STYLE}, reporter=rec)
-    instax._SV3D_CACHE.clear()
+    rec, cache = Recorder(), ModelCache()
+    result = stylize.run_instax(
+        astronaut_image, preset="test", options={"steps": 3, "style": STYLE}, reporter=rec, model_cache=cache
+    )
+    assert cache.peek(instax.SV3D_SLOT) is not None  # SV3D joined SD1.5 & co. in the one cache
     stages = list(dict.fromkeys(e[0] for e in rec.events))
     assert stages.index("generate") < stages.index("construct") < stages.index("stylize") < stages.index("turntable")
     m = result.metrics
@@ -244,7 +263,7 @@ def test_instax_then_stylize(tiny, astronaut_image, tmp_path, monkeypatch):
 
 @pytest.mark.timeout(300)
 def test_through_the_real_server_with_cancel(tiny, tmp_path):
-    from test_service import ServerProc, process_alive, wait_for, wait_ready
+    from service_support import ServerProc, process_alive, wait_for, wait_ready
 
     from blender_addon.core import protocol as P
 

@@ -13,7 +13,8 @@ Modules, one job each:
 - ``crop``: square head crops;
 - ``analyse``: :func:`analyse_face`, which chains them and raises the typed errors;
 - ``identity``: :func:`analyse_identity` and :class:`FaceResult`, one result type for both
-  backends (insightface with the 512-d ArcFace embedding when installed, else MediaPipe).
+  backends (insightface with the 512-d ArcFace embedding when installed, else MediaPipe);
+- ``segment``: :func:`person_mask`, a soft foreground mask (MediaPipe selfie segmentation).
 
 Usage::
 
@@ -35,6 +36,7 @@ from backend.face.detect import FaceBox, detect_faces
 from backend.face.identity import FaceResult, analyse_identity, choose_backend, insightface_available
 from backend.face.landmarks import FACE_OVAL, LANDMARKS, LEFT_IRIS, N_LANDMARKS, RIGHT_IRIS
 from backend.face.pose import head_pose, head_rotation
+from backend.face.segment import person_mask
 
 __all__ = [
     "FACE_OVAL",
@@ -53,5 +55,6 @@ __all__ = [
     "head_pose",
     "head_rotation",
     "insightface_available",
+    "person_mask",
     "square_crop",
 ]

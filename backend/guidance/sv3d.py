@@ -31,9 +31,13 @@ Frames reach the user as they are produced: ``progress("generate", step, steps)`
 sampling step and ``progress("decode", frame, 21)`` per decoded frame; the pipeline shows
 the finished orbit as a preview (see ``backend.pipelines.instax``).
 
+The input is prepared by :func:`sv3d_input`: the head cut out of the photo (MediaPipe selfie
+segmentation, :func:`backend.face.person_mask`), centred on white, square, ``resolution`` px.
+
 Usage::
 
     parts = load_sv3d("sv3d_u", device="cuda", dtype=torch.float16)   # ModelMissingError if absent
+    image_576_white_bg, crop_box = sv3d_input(photo, head_fit, 576)   # head_fit: backend.prior.fit_head(...)
     video = generate_orbit(parts, image_576_white_bg, SV3DSettings(), seed=0, reporter=reporter)
     video.frames          # [21, 576, 576, 3] uint8
     video.azimuth_deg     # [21], 0 = the input view (the last frame)
@@ -44,18 +48,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from backend.errors import CancelledError, ModelMissingError
+from backend.face.segment import person_mask
+
+if TYPE_CHECKING:
+    from backend.prior.fit import HeadFit
 
 __all__ = [
     "SV3DSettings",
     "OrbitVideo",
     "VARIANTS",
     "load_sv3d",
+    "sv3d_input",
     "orbit_azimuths",
     "sinusoidal",
     "vector_condition",
@@ -132,6 +142,42 @@ def load_sv3d(
             hint=f"Point the {variant} model at the matching checkpoint (sv3d_u: 256, sv3d_p: 1280).",
         )
     return parts
+
+
+# ------------------------------------------------------------------------------- input
+
+
+def sv3d_input(
+    image: np.ndarray, fit: HeadFit, res: int, head_fill: float = 0.7, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The SV3D input: the head cut out, centred, on white, ``res`` px square.
+
+    The crop is the square around the template's projection (head and neck stub; ``fit`` is
+    the head template placed in the photo, ``backend.prior.HeadFit``) grown so the head spans
+    ``head_fill`` of it. ``mask`` [H, W] in [0, 1] is the foreground (default:
+    :func:`backend.face.person_mask`). Returns (image [res, res, 3] uint8, (x0, y0, side) the
+    crop box in photo pixels).
+    """
+    from PIL import Image
+
+    uv, _ = fit.project(fit.mesh().vertices)
+    lo, hi = uv.min(0), uv.max(0)
+    centre = (lo + hi) / 2
+    side = int(np.ceil((hi - lo).max() / head_fill))
+    x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
+    mask = person_mask(image) if mask is None else mask
+    rgba = np.concatenate([image.astype(np.float32), mask[..., None] * 255.0], axis=-1)
+    h, w = image.shape[:2]
+    pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
+    if pad:
+        rgba = np.pad(rgba, ((pad, pad), (pad, pad), (0, 0)))  # alpha 0 outside the photo
+    crop = rgba[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
+    crop = np.asarray(
+        Image.fromarray(crop.round().astype(np.uint8), "RGBA").resize((res, res), Image.Resampling.LANCZOS), np.float32
+    )
+    a = crop[..., 3:] / 255.0
+    out = crop[..., :3] * a + 255.0 * (1.0 - a)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), (x0, y0, side)
 
 
 # ------------------------------------------------------------------------ conditioning

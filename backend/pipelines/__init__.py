@@ -2,10 +2,13 @@
 
 The contract every pipeline keeps (the worker process calls it; see ``backend/worker.py``):
 
-    run(image, *, preset="default", seed=0, options=None, reporter=None) -> RunResult
+    run(image, *, preset="default", seed=0, options=None, reporter=None, model_cache=None) -> RunResult
 
 - ``image``: HxWx3 uint8 RGB numpy array (already validated by ``backend.image_io``).
 - ``reporter``: a :class:`Reporter` (progress, previews, cancellation). ``None`` = silent.
+- ``model_cache``: a :class:`~backend.pipelines.cache.ModelCache` that keeps loaded networks
+  warm between jobs; whoever runs the pipelines owns one and passes it to every call.
+  ``None`` = a fresh cache for this call (standalone use keeps nothing).
 - Raises a ``backend.errors.PortraitSplatError`` subclass for anything a user can fix.
 """
 
@@ -18,6 +21,8 @@ from typing import Protocol
 import numpy as np
 
 from blender_addon.core.splat_arrays import SplatArrays
+
+from .cache import ModelCache as ModelCache  # re-exported: the worker builds one
 
 
 class Reporter(Protocol):

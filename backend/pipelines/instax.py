@@ -2,10 +2,11 @@
 
     photo -> face landmarks + head template placed in the photo (backend.face, backend.prior)
           -> SV3D input: the head cut out (MediaPipe selfie segmentation, shipped in its
-             wheel), centred, on white, 576 px
+             wheel), centred, on white, 576 px (backend.guidance.sv3d.sv3d_input)
           -> GENERATION: 21 orbit frames (backend.guidance.sv3d), shown as a preview
           -> CONSTRUCTION (``construct``):
                the template fitted to 3 frames (reference + its 2 neighbours), shapes averaged
+               (backend.prior.multiview)
                4 Gaussians sampled on every triangle, each bound to it (Eq. 6)
                photometric fit to all 21 frames; absolute-gradient densification (Eq. 7-8)
           -> head.ply (via the outputs writer) + a turntable
@@ -26,6 +27,10 @@ head, facing out, as its camera saw it (:func:`frames_as_splats`). Progress is r
 SV3D step ("generate") and per decoded frame ("decode"); the frames themselves come back in
 ``InstaxResult.orbit_frames``. The Gaussian fit then streams previews as usual.
 
+Warm models. SV3D is loaded through the ``model_cache`` argument (a
+:class:`~backend.pipelines.cache.ModelCache`, slot ``"sv3d"``); the worker passes its one
+cache so SV3D stays loaded between jobs, a call without one loads it afresh.
+
 Composition hook (``instax+stylize``): :func:`reconstruct_head` returns the fitted
 :class:`BoundGaussianModel` and the generation artefacts without rendering a turntable; a
 stylize pipeline can start SAS from ``model.to_splats()`` (head frame) instead of the bare
@@ -35,9 +40,8 @@ template.
 from __future__ import annotations
 
 import math
-import threading
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -46,16 +50,19 @@ from scipy.spatial.transform import Rotation
 
 from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
-from ..errors import FaceError
 from ..face import analyse_face
 from ..gaussians.binding import BoundGaussianModel, bind, decimate, make_bound_strategy
-from ..gaussians.cameras import Cameras, orbit_cameras, spherical_cameras
+from ..gaussians.cameras import Cameras, spherical_cameras
 from ..gaussians.loop import LoopConfig, optimise, render_model
 from ..gaussians.losses import photometric, psnr
-from ..prior.fit import HeadFit, fit_head
-from ..prior.template import HeadShapeParams, build_head
+from ..guidance.sv3d import sv3d_input
+from ..prior.fit import fit_head
+from ..prior.multiview import TemplateFit, fit_template, frame_landmarks
+from ..prior.template import build_head
 from . import NullReporter, RunResult
+from .cache import ModelCache
 from .presets import choose_preset
+from .turntable import render_turntable
 
 SV3D_FOV_DEG = 33.8  # SV3D's training renders' vertical field of view
 ORBIT_RADIUS = 2.0  # nominal camera distance in the orbit world; the fit solves the scale
@@ -136,49 +143,7 @@ class InstaxResult(RunResult):
     orbit_frames: list[np.ndarray] = field(default_factory=list)  # the SV3D frames, HxWx3 uint8
 
 
-# ------------------------------------------------------------------------- SV3D input
-
-
-_SEG_LOCK = threading.Lock()
-_SEG = {}
-
-
-def person_mask(image: np.ndarray) -> np.ndarray:
-    """Soft foreground mask [H, W] in [0, 1] (MediaPipe selfie segmentation, shipped in its wheel)."""
-    with _SEG_LOCK:
-        if "graph" not in _SEG:
-            from mediapipe.python.solutions import selfie_segmentation
-
-            _SEG["graph"] = selfie_segmentation.SelfieSegmentation(model_selection=0)
-        mask = _SEG["graph"].process(np.ascontiguousarray(image, dtype=np.uint8)).segmentation_mask
-    return np.clip(np.asarray(mask, np.float32), 0.0, 1.0)
-
-
-def sv3d_input(image: np.ndarray, fit: HeadFit, res: int, head_fill: float = 0.7, mask: np.ndarray | None = None):
-    """The SV3D input: the head cut out, centred, on white, ``res`` px square.
-
-    The crop is the square around the template's projection (head and neck stub) grown so
-    the head spans ``head_fill`` of it. Returns (image [res, res, 3] uint8, (x0, y0, side)
-    the crop box in photo pixels).
-    """
-    uv, _ = fit.project(fit.mesh().vertices)
-    lo, hi = uv.min(0), uv.max(0)
-    centre = (lo + hi) / 2
-    side = int(np.ceil((hi - lo).max() / head_fill))
-    x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
-    mask = person_mask(image) if mask is None else mask
-    rgba = np.concatenate([image.astype(np.float32), mask[..., None] * 255.0], axis=-1)
-    h, w = image.shape[:2]
-    pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
-    if pad:
-        rgba = np.pad(rgba, ((pad, pad), (pad, pad), (0, 0)))  # alpha 0 outside the photo
-    crop = rgba[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
-    crop = np.asarray(
-        Image.fromarray(crop.round().astype(np.uint8), "RGBA").resize((res, res), Image.Resampling.LANCZOS), np.float32
-    )
-    a = crop[..., 3:] / 255.0
-    out = crop[..., :3] * a + 255.0 * (1.0 - a)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8), (x0, y0, side)
+# ---------------------------------------------------------------------- orbit cameras
 
 
 def orbit_world_cameras(azimuth_deg: np.ndarray, elevation_deg: float, res: int, direction: int = 1) -> Cameras:
@@ -191,74 +156,22 @@ def orbit_world_cameras(azimuth_deg: np.ndarray, elevation_deg: float, res: int,
 # ----------------------------------------------------------------- template to frames
 
 
-@dataclass
-class TemplateFit:
-    """The head template fitted to a few frames and the frames' cameras in the head frame."""
-
-    params: HeadShapeParams  # averaged over the fitted frames (METHOD B.2)
-    cameras: Cameras  # every frame's camera, head frame
-    fitted: list[int]  # frame indices whose landmarks entered the fit
-    rotation_spread_deg: float  # how far the per-frame head rotations disagree (0 = perfectly)
-    scale: float  # orbit-world units per metre
-
-
-def frame_landmarks(
-    frames, indices, reference_index: int, reference_landmarks: np.ndarray | None = None
-) -> dict[int, np.ndarray]:
-    """MediaPipe landmarks [478, 2] of the chosen frames; frames with no usable face are left out
-    (the reference must have one: its landmarks may be given, e.g. from the photo)."""
-    out = {}
-    for i in indices:
-        if i == reference_index and reference_landmarks is not None:
-            out[i] = np.asarray(reference_landmarks, np.float64)[:, :2]
-            continue
-        try:
-            out[i] = analyse_face(np.ascontiguousarray(frames[i])).landmarks2d.astype(np.float64)
-        except FaceError:
-            if i == reference_index:
-                raise
-    return out
-
-
-def fit_template(landmarks: dict[int, np.ndarray], cameras: Cameras) -> TemplateFit:
-    """Fit the template to each frame's landmarks, average, and move the cameras into the head frame.
-
-    Per fitted frame k: ``fit_head`` gives head -> camera_k (W_k, metres) and a shape. With the
-    orbit camera V_k (orbit world -> camera_k): rotation head -> world ``R = mean_k V_k^T W_k``;
-    scale ``s = mean_k |c_k| / |t_Wk|`` (the orbit looks at the head); head centre in the world
-    ``t = mean_k V_k^-1 (s t_Wk)``. Each camera in the head frame is then rotation V R and
-    translation (V t + t_V) / s (a pinhole image is unchanged when the scene scales by s).
-    """
-    if not landmarks:
-        raise ValueError("no frame has landmarks to fit the template to")
-    V = cameras.viewmats.double().numpy()  # [C, 4, 4]
-    K = cameras.Ks.double().numpy()
+def fit_to_orbit(landmarks: dict[int, np.ndarray], cameras: Cameras) -> TemplateFit:
+    """:func:`backend.prior.multiview.fit_template` on the orbit's cameras."""
     size = (cameras.width, cameras.height)
-    fov = math.degrees(2.0 * math.atan(0.5 * cameras.height / K[0, 1, 1]))
-    fits = {k: fit_head(lm, size, fov_y_deg=fov) for k, lm in landmarks.items()}
-    keys = sorted(fits)
-    rots = Rotation.from_matrix(np.stack([V[k, :3, :3].T @ fits[k].world_to_camera[:3, :3] for k in keys]))
-    mean_rot = rots.mean()
-    spread = float(np.degrees((rots * mean_rot.inv()).magnitude().max()))
-    R = mean_rot.as_matrix()
-    centres = np.stack([-V[k, :3, :3].T @ V[k, :3, 3] for k in keys])  # camera centres, world
-    t_w = np.stack([fits[k].world_to_camera[:3, 3] for k in keys])  # head origin in camera k, metres
-    s = float(np.mean(np.linalg.norm(centres, axis=1) / np.linalg.norm(t_w, axis=1)))
-    head_world = np.mean([V[k, :3, :3].T @ (s * t_w[i] - V[k, :3, 3]) for i, k in enumerate(keys)], axis=0)
-    new = np.zeros_like(V)
-    new[:, :3, :3] = V[:, :3, :3] @ R
-    new[:, :3, 3] = (np.einsum("cij,j->ci", V[:, :3, :3], head_world) + V[:, :3, 3]) / s
-    new[:, 3, 3] = 1.0
-    shape = {f.name: float(np.mean([getattr(fits[k].params, f.name) for k in keys])) for f in fields(HeadShapeParams)}
-    cams = Cameras(
-        torch.as_tensor(new, dtype=torch.float32),
+    return fit_template(landmarks, cameras.viewmats.double().numpy(), cameras.Ks.double().numpy(), size)
+
+
+def head_frame_cameras(fit: TemplateFit, cameras: Cameras) -> Cameras:
+    """The orbit's ``cameras`` re-expressed in the head frame by the template ``fit``."""
+    return Cameras(
+        torch.as_tensor(fit.viewmats, dtype=torch.float32),
         cameras.Ks.clone(),
         cameras.width,
         cameras.height,
         azimuth_deg=cameras.azimuth_deg,
         elevation_deg=cameras.elevation_deg,
     )
-    return TemplateFit(HeadShapeParams(**shape), cams, keys, spread, s)
 
 
 # ----------------------------------------------------------------------- reconstruction
@@ -367,18 +280,25 @@ def construct(
     ref = reference_index % n
     reporter.progress("template", 0, 1, "fitting the head template to the reference and its neighbours")
     lms = frame_landmarks(frames, [ref, (ref - 1) % n, (ref + 1) % n], ref, reference_landmarks)
-    fit = fit_template(lms, cameras)
+    fit = fit_to_orbit(lms, cameras)
     if mirrored_cameras is not None and len(lms) > 1:
-        other = fit_template(lms, mirrored_cameras)
+        other = fit_to_orbit(lms, mirrored_cameras)
         if other.rotation_spread_deg < fit.rotation_spread_deg:
-            fit = other
+            fit, cameras = other, mirrored_cameras
     head = build_head(fit.params)
     reporter.progress(
         "template", 1, 1, f"template fitted to {len(fit.fitted)} frame(s), spread {fit.rotation_spread_deg:.1f} deg"
     )
     t1 = time.perf_counter()
     model, metrics = reconstruct(
-        frames, fit.cameras, head.vertices, head.faces, cfg, seed=seed, reporter=reporter, device=device
+        frames,
+        head_frame_cameras(fit, cameras),
+        head.vertices,
+        head.faces,
+        cfg,
+        seed=seed,
+        reporter=reporter,
+        device=device,
     )
     metrics.update(
         {
@@ -433,42 +353,27 @@ def frames_as_splats(frames: np.ndarray, cameras: Cameras, card_res: int = 48, r
     )
 
 
-def render_turntable(model, cfg: InstaxPreset, reporter, device="cpu") -> list[np.ndarray]:
-    cams = orbit_cameras(
-        cfg.turntable_frames,
-        radius=0.75,
-        elevation_deg=cfg.turntable_elevation_deg,
-        fov_deg=30,
-        width=cfg.turntable_res,
-        height=cfg.turntable_res,
-    ).to(device)
-    frames = []
-    with torch.no_grad():
-        for i in range(len(cams)):
-            rgb = render_model(model, cams[i], background=torch.ones(3, device=device)).rgb[0]
-            frames.append((rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
-            reporter.progress("turntable", i + 1, len(cams), "")
-    return frames
-
-
 # ------------------------------------------------------------------------------ run
 
-_SV3D_CACHE: dict[tuple, object] = {}  # keep the (large) SV3D warm between jobs in one worker
+SV3D_SLOT = "sv3d"  # the slot of the model cache that holds the (large) SV3D between jobs
 
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_generator(variant: str, device: torch.device):
+def generator_key(variant: str, device: torch.device) -> tuple:
+    """The cache key of SV3D ``variant`` on ``device`` (fp16 on CUDA, fp32 on the CPU)."""
+    return (variant, str(device), torch.float16 if device.type == "cuda" else torch.float32)
+
+
+def load_generator(variant: str, device: torch.device, model_cache: ModelCache | None = None):
+    """SV3D's parts, from ``model_cache`` when it holds them for this variant and device."""
     from ..guidance.sv3d import load_sv3d
 
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    key = (variant, str(device), dtype)
-    if key not in _SV3D_CACHE:
-        _SV3D_CACHE.clear()
-        _SV3D_CACHE[key] = load_sv3d(variant, device=device, dtype=dtype)
-    return _SV3D_CACHE[key]
+    key = generator_key(variant, device)
+    cache = model_cache if model_cache is not None else ModelCache()
+    return cache.get(SV3D_SLOT, key, lambda: load_sv3d(variant, device=device, dtype=key[2]))
 
 
 @dataclass
@@ -481,8 +386,12 @@ class Reconstruction:
     metrics: dict[str, float]
 
 
-def reconstruct_head(image: np.ndarray, cfg: InstaxPreset, *, seed: int = 0, reporter=None) -> Reconstruction:
-    """Photo -> SV3D orbit -> fitted bound Gaussians (everything but the turntable)."""
+def reconstruct_head(
+    image: np.ndarray, cfg: InstaxPreset, *, seed: int = 0, reporter=None, model_cache: ModelCache | None = None
+) -> Reconstruction:
+    """Photo -> SV3D orbit -> fitted bound Gaussians (everything but the turntable).
+
+    ``model_cache`` keeps SV3D warm between calls (see :mod:`backend.pipelines.cache`)."""
     from ..guidance.sv3d import SV3DSettings, generate_orbit
 
     reporter = reporter or NullReporter()
@@ -490,7 +399,7 @@ def reconstruct_head(image: np.ndarray, cfg: InstaxPreset, *, seed: int = 0, rep
     timings: dict[str, float] = {}
     t = time.perf_counter()
     reporter.progress("models", 0, 1, f"loading {cfg.sv3d_variant}")
-    parts = load_generator(cfg.sv3d_variant, device)  # ModelMissingError names the download command
+    parts = load_generator(cfg.sv3d_variant, device, model_cache)  # ModelMissingError names the download command
     reporter.progress("models", 1, 1, "")
     timings["load_s"] = time.perf_counter() - t
 
@@ -540,14 +449,29 @@ def reconstruct_head(image: np.ndarray, cfg: InstaxPreset, *, seed: int = 0, rep
 
 
 def run(
-    image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None
+    image: np.ndarray,
+    *,
+    preset: str = "default",
+    seed: int = 0,
+    options: dict | None = None,
+    reporter=None,
+    model_cache: ModelCache | None = None,
 ) -> InstaxResult:
-    """Photo (HxWx3 uint8) -> Gaussian head via SV3D + bound-Gaussian construction (METHOD B)."""
+    """Photo (HxWx3 uint8) -> Gaussian head via SV3D + bound-Gaussian construction (METHOD B).
+
+    ``model_cache``: the worker's :class:`~backend.pipelines.cache.ModelCache` (None: a fresh one)."""
     cfg = _preset(preset, options)
     reporter = reporter or NullReporter()
-    rec = reconstruct_head(image, cfg, seed=seed, reporter=reporter)
+    rec = reconstruct_head(image, cfg, seed=seed, reporter=reporter, model_cache=model_cache)
     t = time.perf_counter()
-    turntable = render_turntable(rec.model, cfg, reporter, device=rec.model.means.device)
+    turntable = render_turntable(
+        rec.model,
+        cfg.turntable_frames,
+        cfg.turntable_res,
+        elevation_deg=cfg.turntable_elevation_deg,
+        device=rec.model.means.device,
+        reporter=reporter,
+    )
     rec.metrics["turntable_s"] = round(time.perf_counter() - t, 3)
     splats = rec.model.to_splats()
     splats.check_finite()

@@ -23,7 +23,7 @@ from scipy.spatial import cKDTree
 from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
 from ..face import analyse_face
-from ..gaussians.cameras import Cameras, orbit_cameras
+from ..gaussians.cameras import Cameras
 from ..gaussians.loop import LoopConfig, optimise, render_model
 from ..gaussians.losses import photometric, psnr, ssim
 from ..gaussians.model import GaussianModel
@@ -31,7 +31,9 @@ from ..gaussians.strategies import make_strategy
 from ..prior.fit import HeadFit, fit_head
 from ..prior.sample import INIT_OPACITY, INIT_SCALE, head_unit, project_colors, sample_surface
 from . import NullReporter, RunResult
+from .cache import ModelCache
 from .presets import choose_preset
+from .turntable import render_turntable
 
 
 @dataclass(frozen=True)
@@ -238,15 +240,29 @@ def fit_photo_head(image: np.ndarray, cfg: PhotoPreset, *, seed: int = 0, report
 
 
 def run(
-    image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None
+    image: np.ndarray,
+    *,
+    preset: str = "default",
+    seed: int = 0,
+    options: dict | None = None,
+    reporter=None,
+    model_cache: ModelCache | None = None,
 ) -> RunResult:
-    """Photo (HxWx3 uint8) -> Gaussian head. See the module docstring."""
+    """Photo (HxWx3 uint8) -> Gaussian head. See the module docstring.
+
+    ``model_cache`` is accepted like every pipeline's; this one loads no models (MediaPipe's
+    graphs ship in its wheel and stay warm in ``backend.face``)."""
     cfg = _preset(preset, options)
     reporter = reporter or NullReporter()
     head = fit_photo_head(image, cfg, seed=seed, reporter=reporter)
     t = time.perf_counter()
-    with torch.no_grad():
-        frames = render_turntable(head.model, cfg, reporter)
+    frames = render_turntable(
+        head.model,
+        cfg.turntable_frames,
+        cfg.turntable_res,
+        elevation_deg=cfg.turntable_elevation_deg,
+        reporter=reporter,
+    )
     head.metrics["turntable_s"] = round(time.perf_counter() - t, 3)
     result = head.model.to_splats()
     result.check_finite()
@@ -265,20 +281,3 @@ def render_model_opaque(model: GaussianModel, cam: Cameras) -> torch.Tensor:
 
     n = len(model)
     return render(model.means, model.quats, model.scales * 1.5, torch.full((n,), 0.99), model.rgb_dc, cam).alpha
-
-
-def render_turntable(model: GaussianModel, cfg: PhotoPreset, reporter) -> list[np.ndarray]:
-    cams = orbit_cameras(
-        cfg.turntable_frames,
-        radius=0.75,
-        elevation_deg=cfg.turntable_elevation_deg,
-        fov_deg=30,
-        width=cfg.turntable_res,
-        height=cfg.turntable_res,
-    )
-    frames = []
-    for i in range(len(cams)):
-        rgb = render_model(model, cams[i : i + 1], background=torch.ones(3)).rgb[0]
-        frames.append((rgb.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
-        reporter.progress("turntable", i + 1, len(cams), "")
-    return frames

@@ -14,23 +14,11 @@
                surface-guided densification every 100 steps        (A.3, Eq. 4-7)
           -> head.ply + a turntable
 
-Presets (:data:`PRESETS`): ``paper`` (every value from METHOD A: 3000 steps, 512 px SAS with
-the SD VAE, CFG 50, MVDream at 256 px with CFG 10), ``fast`` = ``default`` (ours: 600 steps,
-384 px SAS, TAESD encoding for both terms, 8 style images, densify every 100 from step 100), ``test``
-(tiny models on a CPU: 64 px, a dozen steps).
-
-How ``fast`` compares with ``paper``. Per step it encodes ~1.8x fewer latent pixels (384² vs
-512²) for SAS, and encodes both terms' renders with TAESD instead of the SD VAE (~9x fewer
-encoder FLOPs, forward and backward); it runs 5x fewer steps and a style set of 8 images. The
-schedule (t ~ U(0.02, 0.98) for the first third, then U(0.02, 0.5)) and the densification
-cadence keep the paper's proportions. Counted at full size (``bench/bench_stylize.py
---count-flops``, bench/results/stylize_flops_cpu.txt): ``paper`` 7.60 TFLOP per iteration
-(SAS 4.06, MVDream 3.55; the two VAE encoder passes 4.33 of it), 23,351 TFLOP per run with its
-style set; ``fast`` 2.83 TFLOP per iteration, 1,822 TFLOP per run (12.8x less). Expected
-quality costs: TAESD smooths fine detail and its latents are close to, not equal to, the SD
-VAE's, so the SDS/SAS gradients through it differ; 600 steps leave the style less settled on
-the back of the head; SD1.5 at 384 px is below its 512 px training size. No weights were
-available to measure the quality gap.
+Presets (:data:`PRESETS`, in :mod:`backend.pipelines.stylize_presets` with how they compare):
+``paper`` (every value from METHOD A: 3000 steps, 512 px SAS with the SD VAE, CFG 50, MVDream at
+256 px with CFG 10), ``fast`` = ``default`` (ours: 600 steps, 384 px SAS, TAESD encoding for both
+terms, 8 style images, densify every 100 from step 100), ``test`` (tiny models on a CPU: 64 px, a
+dozen steps).
 
 Options (``options`` dict; the server puts the job's style prompt in ``options["style"]``):
 
@@ -46,21 +34,21 @@ Options (``options`` dict; the server puts the job's style prompt in ``options["
 Anything else, or a value out of range, raises :class:`InvalidOptionError`; an unknown preset
 :class:`UnknownPresetError`. Models are checked first (:func:`needed_models`): a missing one
 raises :class:`ModelMissingError` naming ``python -m backend models download`` before any work.
-Loaded models stay warm in the worker between jobs (:data:`_MODELS`).
+Loaded models stay warm between jobs in the ``model_cache`` the worker passes in (a
+:class:`~backend.pipelines.cache.ModelCache`: slots ``sd15``, ``controlnet``, ``taesd``,
+``mvdream``, and instax's ``sv3d`` for ``instax+stylize``); without one, a call loads afresh.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from .. import models
-from ..errors import InvalidOptionError, UnknownPresetError
 from ..face import analyse_face
 from ..gaussians.cameras import RandomViewSampler
 from ..gaussians.loop import LoopConfig, optimise, render_model
@@ -69,137 +57,16 @@ from ..gaussians.strategies import make_strategy
 from ..guidance.diffusion import TimestepSchedule
 from ..prior.fit import fit_head
 from ..prior.lift import lift_landmarks
-from ..prior.sample import INIT_OPACITY, INIT_POINTS, INIT_SCALE, init_gaussians
+from ..prior.sample import init_gaussians
 from . import NullReporter, RunResult
+from .cache import ModelCache
+from .stylize_presets import DEFAULT_STYLE as DEFAULT_STYLE  # re-exported: stylize.PRESETS etc. keep working
+from .stylize_presets import PRESETS as PRESETS
+from .stylize_presets import StylizePreset, needed_models, settings
+from .turntable import render_turntable
 
-DEFAULT_STYLE = "a 3D animated cartoon character portrait, Pixar style"
 SAS_WEIGHT = 1.0  # METHOD A.4: SAS weight 1.0
 MVDREAM_WEIGHT = 0.05  # METHOD A.5 (the same value as backend.guidance.mvdream.MVDREAM_WEIGHT)
-
-
-@dataclass(frozen=True)
-class StylizePreset:
-    # ---- A.1 representation and initialisation
-    init: str = "template"  # "template" (A.1) | "photo" (ours: the photo pipeline's fitted head)
-    n_points: int = INIT_POINTS  # A.1: N = 10,000
-    init_opacity: float = INIT_OPACITY  # A.1: 0.2
-    init_scale: float = INIT_SCALE  # A.1: 0.02 head units
-    photo_preset: str = "default"  # init="photo": backend.pipelines.photo.PRESETS
-    instax_preset: str = "paper"  # instax+stylize: backend.pipelines.instax.PRESETS
-    # ---- A.2 optimiser and schedule
-    steps: int = 3000  # A.2: 3000 iterations
-    lr_preset: str = "paper"  # A.2: GaussianModel LR_PRESETS["paper"]
-    # ---- A.3 surface-guided densification (strategies.PRESETS["sas_paper"]; stop = steps)
-    refine_every: int = 100  # A.2: densify every 100 steps
-    refine_start_iter: int = 500  # not in the paper: gsplat / 3DGS default
-    # ---- views of the loop (ours; threestudio-like ranges around a 0.23 m head)
-    render_res: int = 512  # px of the SAS view (A.4: SD1.5 at 512)
-    radius_range: tuple[float, float] = (0.65, 0.85)  # metres
-    elevation_range_deg: tuple[float, float] = (-10.0, 30.0)
-    azimuth_range_deg: tuple[float, float] = (-180.0, 180.0)
-    fov_range_deg: tuple[float, float] = (28.0, 34.0)
-    # ---- A.4 SAS loss
-    identity: bool = True  # IP-Adapter-FaceID on the ArcFace embedding; False = text only
-    encoder: str = "vae"  # "vae" (SD VAE) | "taesd" (ours, speed): the render encoder of both terms
-    sas_guidance_scale: float = 50.0  # A.4: CFG 50
-    sas_resolution: int = 512
-    control_scale: float = 1.0  # A.4: ControlNet scale 1.0
-    ip_adapter_scale: float = 1.0
-    schedule_switch: float = 1 / 3  # A.4: U(0.02, 0.98) for the first 1000 of 3000 steps, then U(0.02, 0.5)
-    style_images: int = 20  # A.4: 20 images of the style prompt
-    style_steps: int = 20  # A.4: 20 sampling steps
-    style_guidance_scale: float = 7.5  # A.4: CFG 7.5
-    style_resolution: int = 512
-    # ---- A.5 MVDream
-    mvdream: bool = True
-    mvdream_guidance_scale: float = 10.0  # A.5: CFG 10
-    mvdream_resolution: int = 256  # A.5: 256 px
-    # ---- output
-    preview_every: int = 100
-    turntable_frames: int = 48
-    turntable_res: int = 512
-    turntable_elevation_deg: float = 5.0
-
-
-PRESETS: dict[str, StylizePreset] = {
-    # every value from METHOD A
-    "paper": StylizePreset(),
-    # ours: ~5x fewer steps, 384 px SAS encoded with TAESD, a smaller style set; see the module docstring
-    "fast": StylizePreset(
-        steps=600,
-        render_res=384,
-        sas_resolution=384,
-        encoder="taesd",
-        refine_start_iter=100,
-        style_images=8,
-        style_resolution=384,
-        preview_every=25,
-        turntable_frames=24,
-        turntable_res=256,
-        instax_preset="fast",
-        photo_preset="default",
-    ),
-    # tests: tiny models on a CPU
-    "test": StylizePreset(
-        n_points=400,
-        steps=12,
-        render_res=64,
-        sas_resolution=64,
-        refine_every=5,
-        refine_start_iter=0,
-        style_images=2,
-        style_steps=2,
-        style_resolution=64,
-        mvdream_resolution=64,
-        preview_every=4,
-        turntable_frames=3,
-        turntable_res=32,
-        photo_preset="preview",
-        instax_preset="test",
-    ),
-}
-PRESETS["default"] = PRESETS["fast"]
-
-_CHOICES = {"init": ("template", "photo"), "encoder": ("vae", "taesd")}
-
-
-def settings(preset: str, options: dict | None) -> tuple[StylizePreset, str]:
-    """(the preset with the options applied, the style prompt); typed errors for bad input."""
-    if preset not in PRESETS:
-        raise UnknownPresetError(
-            f"The stylize pipeline has no preset {preset!r}.", hint=f"Choose one of: {', '.join(PRESETS)}."
-        )
-    options = dict(options or {})
-    style = str(options.pop("style", "") or DEFAULT_STYLE).strip()
-    known = {f.name: f for f in fields(StylizePreset)}
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise InvalidOptionError(
-            f"The stylize pipeline has no option {', '.join(map(repr, unknown))}.",
-            hint="Options: style, init, identity, mvdream, encoder, steps (or a preset field).",
-        )
-    cfg = replace(PRESETS[preset], **options)
-    for name, allowed in _CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise InvalidOptionError(f"Option {name}={getattr(cfg, name)!r} is not one of {', '.join(allowed)}.")
-    for name in ("identity", "mvdream"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise InvalidOptionError(f"Option {name} must be true or false, not {getattr(cfg, name)!r}.")
-    if not isinstance(cfg.steps, int) or isinstance(cfg.steps, bool) or cfg.steps < 1:
-        raise InvalidOptionError(f"Option steps must be a positive whole number, not {cfg.steps!r}.")
-    return cfg, style
-
-
-def needed_models(cfg: StylizePreset) -> list[str]:
-    """The registry names this configuration loads (text-only needs no adapter or insightface)."""
-    names = ["sd15", "controlnet_face"]
-    if cfg.identity:
-        names += ["ip_adapter_faceid", "buffalo_l"]
-    if cfg.encoder == "taesd":
-        names.append("taesd")
-    if cfg.mvdream:
-        names.append("mvdream")
-    return names
 
 
 # ------------------------------------------------------------------------------ models
@@ -217,19 +84,6 @@ class StylizeModels:
     key: str = ""  # identifies the weights (style-set cache key)
 
 
-_MODELS: dict[str, tuple[tuple, Any]] = {}  # slot -> (key, model): warm between jobs, one per slot
-
-
-def _cached(slot: str, key: tuple, build: Callable[[], Any]) -> Any:
-    held = _MODELS.get(slot)
-    if held is None or held[0] != key:
-        _MODELS.pop(slot, None)  # free the old one before loading its replacement
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        _MODELS[slot] = (key, build())
-    return _MODELS[slot][1]
-
-
 def device_and_dtype() -> tuple[torch.device, torch.dtype]:
     """fp16 on CUDA, fp32 on the CPU."""
     if torch.cuda.is_available():
@@ -237,8 +91,12 @@ def device_and_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def load_models(cfg: StylizePreset, device: torch.device, dtype: torch.dtype) -> StylizeModels:
-    """Load (or reuse) what ``cfg`` needs through backend.models' loaders."""
+def load_models(
+    cfg: StylizePreset, device: torch.device, dtype: torch.dtype, model_cache: ModelCache | None = None
+) -> StylizeModels:
+    """Load what ``cfg`` needs through backend.models' loaders, or reuse what ``model_cache``
+    holds (one slot per network; None: a fresh cache, everything loads)."""
+    cache = model_cache if model_cache is not None else ModelCache()
     dev = str(device)
     sd_path = models.model_path("sd15")
 
@@ -248,15 +106,15 @@ def load_models(cfg: StylizePreset, device: torch.device, dtype: torch.dtype) ->
             models.load_ip_adapter_faceid(sd.unet, scale=cfg.ip_adapter_scale)  # in the UNet's device and dtype
         return sd
 
-    sd = _cached("sd15", (str(sd_path), cfg.identity, dev, dtype), sd15)
+    sd = cache.get("sd15", (str(sd_path), cfg.identity, dev, dtype), sd15)
     cn_path = models.model_path("controlnet_face")
-    controlnet = _cached(
+    controlnet = cache.get(
         "controlnet", (str(cn_path), dev, dtype), lambda: models.load_controlnet(cn_path, dtype=dtype, device=dev)
     )
     taesd = None
     if cfg.encoder == "taesd":
         tpath = models.model_path("taesd")
-        taesd = _cached("taesd", (str(tpath), dev, dtype), lambda: models.load_taesd(tpath, dtype=dtype, device=dev))
+        taesd = cache.get("taesd", (str(tpath), dev, dtype), lambda: models.load_taesd(tpath, dtype=dtype, device=dev))
     mv_unet = mv_parts = None
     if cfg.mvdream:
         from ..guidance.mvdream import build_multiview_unet
@@ -269,7 +127,7 @@ def load_models(cfg: StylizePreset, device: torch.device, dtype: torch.dtype) ->
             parts.unet_state_dict = {}  # the UNet holds the tensors now
             return unet, parts
 
-        mv_unet, mv_parts = _cached("mvdream", (str(mpath), dev, dtype), mvdream)
+        mv_unet, mv_parts = cache.get("mvdream", (str(mpath), dev, dtype), mvdream)
     key = f"{sd_path}|{dtype}"  # the style set is text-only (adapter off), so identity does not change it
     return StylizeModels(sd, controlnet, taesd, mv_unet, mv_parts, key)
 
@@ -517,30 +375,18 @@ def stylize(
     return metrics
 
 
-def render_turntable(model: GaussianModel, cfg: StylizePreset, reporter) -> list[np.ndarray]:
-    from ..gaussians.cameras import orbit_cameras
-
-    device = model.means.device
-    cams = orbit_cameras(
-        cfg.turntable_frames,
-        radius=0.75,
-        elevation_deg=cfg.turntable_elevation_deg,
-        fov_deg=30,
-        width=cfg.turntable_res,
-        height=cfg.turntable_res,
-    ).to(device)
-    frames = []
-    with torch.no_grad():
-        for i in range(len(cams)):
-            rgb = render_model(model, cams[i], background=torch.ones(3, device=device)).rgb[0]
-            frames.append((rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
-            reporter.progress("turntable", i + 1, len(cams), "")
-    return frames
-
-
-def _run(image: np.ndarray, pipeline: str, preset: str, seed: int, options: dict | None, reporter) -> RunResult:
+def _run(
+    image: np.ndarray,
+    pipeline: str,
+    preset: str,
+    seed: int,
+    options: dict | None,
+    reporter,
+    model_cache: ModelCache | None,
+) -> RunResult:
     cfg, prompt = settings(preset, options)
     reporter = reporter or NullReporter()
+    model_cache = model_cache if model_cache is not None else ModelCache()
     needed = needed_models(cfg) + (["sv3d_u"] if pipeline == "instax+stylize" else [])
     models.ensure_models(pipeline, names=needed)  # one clear error naming `models download`, before any work
     torch.manual_seed(seed)
@@ -549,7 +395,7 @@ def _run(image: np.ndarray, pipeline: str, preset: str, seed: int, options: dict
 
     t = time.perf_counter()
     reporter.progress("models", 0, 1, "loading " + ", ".join(needed))
-    m = load_models(cfg, device, dtype)
+    m = load_models(cfg, device, dtype, model_cache)
     reporter.progress("models", 1, 1, "")
     timings["load_s"] = time.perf_counter() - t
 
@@ -558,7 +404,9 @@ def _run(image: np.ndarray, pipeline: str, preset: str, seed: int, options: dict
     if pipeline == "instax+stylize":
         from . import instax
 
-        rec = instax.reconstruct_head(image, instax.PRESETS[cfg.instax_preset], seed=seed, reporter=reporter)
+        rec = instax.reconstruct_head(
+            image, instax.PRESETS[cfg.instax_preset], seed=seed, reporter=reporter, model_cache=model_cache
+        )
         splats = rec.model.to_splats()
         extra = {f"instax_{k}": v for k, v in rec.metrics.items()}
         face = analyse(image, cfg, reporter)
@@ -579,7 +427,9 @@ def _run(image: np.ndarray, pipeline: str, preset: str, seed: int, options: dict
 
     metrics = stylize(model, face, m, cfg, prompt, seed=seed, reporter=reporter, device=device, dtype=dtype)
     t = time.perf_counter()
-    frames = render_turntable(model, cfg, reporter)
+    frames = render_turntable(
+        model, cfg.turntable_frames, cfg.turntable_res, elevation_deg=cfg.turntable_elevation_deg, reporter=reporter
+    )
     timings["turntable_s"] = time.perf_counter() - t
     metrics.update(extra)
     metrics.update({k: round(v, 3) for k, v in timings.items()})
@@ -600,15 +450,27 @@ def _run(image: np.ndarray, pipeline: str, preset: str, seed: int, options: dict
 
 
 def run(
-    image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None
+    image: np.ndarray,
+    *,
+    preset: str = "default",
+    seed: int = 0,
+    options: dict | None = None,
+    reporter=None,
+    model_cache: ModelCache | None = None,
 ) -> RunResult:
     """Photo (HxWx3 uint8) + ``options["style"]`` -> stylised Gaussian head. See the module docstring."""
-    return _run(image, "stylize", preset, seed, options, reporter)
+    return _run(image, "stylize", preset, seed, options, reporter, model_cache)
 
 
 def run_instax(
-    image: np.ndarray, *, preset: str = "default", seed: int = 0, options: dict | None = None, reporter=None
+    image: np.ndarray,
+    *,
+    preset: str = "default",
+    seed: int = 0,
+    options: dict | None = None,
+    reporter=None,
+    model_cache: ModelCache | None = None,
 ) -> RunResult:
     """``instax+stylize``: Instax3D's reconstruction (backend.pipelines.instax.reconstruct_head)
     as the start, then the same SAS (+ MVDream) loop. ``options["init"]`` is ignored."""
-    return _run(image, "instax+stylize", preset, seed, options, reporter)
+    return _run(image, "instax+stylize", preset, seed, options, reporter, model_cache)

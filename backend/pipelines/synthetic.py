@@ -71,6 +71,7 @@ def run(
     seed: int = 0,
     options: dict | None = None,
     reporter: Reporter | None = None,
+    model_cache: object | None = None,  # the contract's warm-model cache; this pipeline loads nothing
 ) -> RunResult:
     from backend.errors import CancelledError, PortraitSplatError
 
