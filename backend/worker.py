@@ -128,6 +128,7 @@ class Worker:
         self.socket = socket
         self.session = session
         self.pipelines = pipelines
+        self.model_cache: Any = None  # one backend.pipelines.ModelCache for every job: models stay warm
         self.parent_pid = parent_pid
         self.current: RunJob | None = None
         self.cancel_requested = False
@@ -212,7 +213,18 @@ class Worker:
             if fn is None:
                 raise PipelineUnavailableError(job.pipeline, list(self.pipelines), "not loaded in this worker")
             image = _load_image(job)
-            result = fn(image, preset=job.preset, seed=job.seed, options=dict(job.options), reporter=reporter)
+            if self.model_cache is None:
+                from backend.pipelines import ModelCache
+
+                self.model_cache = ModelCache()
+            result = fn(
+                image,
+                preset=job.preset,
+                seed=job.seed,
+                options=dict(job.options),
+                reporter=reporter,
+                model_cache=self.model_cache,
+            )
             if self.cancel_requested:
                 raise CancelledError("The job was cancelled.")
             splats = result.splats.astype("float32")

@@ -81,6 +81,19 @@ def test_job_streams_events_and_its_result_is_exact(client, server):
     assert record["state"] == "done" and record["n_gaussians"] == 500 and record["image_name"] == "me.png"
 
 
+def test_the_worker_keeps_its_models_warm_between_jobs(client):
+    """One model cache lives in the worker process: the second job finds the first job's
+    (stand-in) model already built, in the same worker."""
+    worker = client.connect().worker_pid
+    counts = []
+    for _ in range(2):
+        job = client.submit(PHOTO, "synthetic", options=FAST)
+        final = client.wait(job, timeout=60)
+        assert isinstance(final, P.JobDone), final
+        counts.append(final.metrics["model_jobs"])
+    assert counts[1] == counts[0] + 1 and client.connect().worker_pid == worker
+
+
 def test_float16_previews_on_request(client):
     job = client.submit(PHOTO, "synthetic", options=FAST, preview_dtype="float16")
     seen = wait_for(client, job, lambda m: isinstance(m, P.Preview))
