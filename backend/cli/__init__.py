@@ -3,6 +3,7 @@
     generate PHOTO --out DIR [--connect F]    photo -> head, here or through a server (:mod:`.generate`)
     serve | ping | jobs                        the ZeroMQ service (:mod:`.service`)
     models check | download                    pretrained weights (:mod:`.models`)
+    eval RESULT --photo PHOTO                  a head's quality figures (:mod:`.eval`)
 
 Every command reports a failure the same way: ``error [code]: message`` and ``hint: ...`` on
 stderr, exit code 1 (2 for a usage problem). Heavy imports (torch, the pipelines) happen
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import eval as eval_cmd
 from . import generate, models, service
 
 
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     service.add_parsers(sub)
     models.add_parser(sub)
+    eval_cmd.add_parser(sub)
     return parser
 
 
