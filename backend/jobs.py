@@ -132,6 +132,7 @@ class JobRecord:
     image_file: str = ""  # file name inside the job folder
     preview_hz: float = 0.0
     preview_dtype: str = "float32"
+    evaluate: bool = True  # run backend.eval on the result
     created: float = 0.0  # unix time
     started: float | None = None
     finished: float | None = None

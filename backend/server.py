@@ -343,6 +343,7 @@ class Server(RequestHandlers):
                     options=record.options,
                     preview_hz=record.preview_hz,
                     preview_dtype=record.preview_dtype,
+                    evaluate=record.evaluate,
                     max_image_pixels=self.config.max_image_pixels,
                     max_image_bytes=self.config.max_image_bytes,
                 )

@@ -188,6 +188,7 @@ class RequestHandlers:
             image_name=msg.image_name[:200],
             preview_hz=hz,
             preview_dtype=dtype,
+            evaluate=msg.evaluate,
         )
         request = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name != "image"}
         request |= {"image_bytes": len(msg.image), "received": time.time(), "session": env.header.session}

@@ -229,16 +229,19 @@ class Worker:
                 raise CancelledError("The job was cancelled.")
             splats = result.splats.astype("float32")
             splats.check_finite()
+            metrics = _json_metrics(result.metrics)
             if result.turntable:  # into the job's output folder, which the job store owns
                 from backend.pipelines.outputs import write_turntable
 
                 write_turntable(Path(job.output_dir) / "turntable", result.turntable)
+            if job.evaluate and result.evaluable:
+                metrics |= _evaluate(splats, image, Path(job.output_dir), reporter)
             self.send(
                 WorkerResult(
                     job_id=job.job_id,
                     splats=splats,
                     elapsed_s=time.monotonic() - reporter.t0,
-                    metrics=_json_metrics(result.metrics),
+                    metrics=metrics,
                 )
             )
         except CancelledError as exc:
@@ -289,6 +292,23 @@ def _load_image(job: RunJob) -> np.ndarray:
     if job.max_image_bytes:
         kwargs["max_bytes"] = job.max_image_bytes
     return load_image(Path(job.image_path), **kwargs)
+
+
+def _evaluate(splats: SplatArrays, image: np.ndarray, output_dir: Path, reporter: JobReporter) -> dict[str, Any]:
+    """backend.eval on the finished head, into ``output_dir/eval`` (the full-size turntable
+    replaces the pipeline's in ``output_dir/turntable``). A failed evaluation does not fail the
+    job: its result is kept, and the reason is in ``eval_error``."""
+    from backend.errors import PortraitSplatError
+    from backend.eval import evaluate_splats
+
+    reporter.progress("eval", 0, 1, "orbit renders and metrics")
+    try:
+        figures = evaluate_splats(splats, image, output_dir / "eval", frames_dir=output_dir / "turntable")
+    except PortraitSplatError as exc:
+        log.warning("evaluation failed: %s", exc)
+        return {"eval_error": f"[{exc.code}] {exc.message}"}
+    reporter.progress("eval", 1, 1)
+    return {"eval": figures}
 
 
 def _first_line(exc: BaseException) -> str:

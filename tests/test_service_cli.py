@@ -139,6 +139,14 @@ def test_real_photo_pipeline_through_the_service(tmp_path):
             assert any(isinstance(e, P.Progress) for e in events)
             splats, ply = c.get_result(job)
             assert len(splats) == final.n_gaussians > 0
+            # the worker evaluated the head: figures in the result, files in the job's output folder
+            figures = final.metrics["eval"]
+            assert figures["n_splats"] == len(splats) and 0 <= figures["pck"] <= 100, figures
+            assert c.job(job)["metrics"]["eval"] == figures
+            output = srv.state / "jobs" / job / "output"
+            assert (output / "eval" / "contact_sheet.png").stat().st_size > 0
+            assert len(list((output / "turntable").glob("frame_*.png"))) == figures["views"] - 4
+            assert any(isinstance(e, P.Progress) and e.stage == "eval" for e in events)
             assert len(read_ply(ply)) == len(splats)
             w = c.connect()
             maps = lambda pid: Path(f"/proc/{pid}/maps").read_text()  # noqa: E731

@@ -27,6 +27,11 @@ HEADLINE = (
 )
 
 
+def summary_line(figures: dict[str, Any]) -> str:
+    """The headline figures as one JSON line."""
+    return json.dumps({k: figures[k] for k in HEADLINE if k in figures})
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("eval", help="head + photo -> metrics.json, contact sheet, turntable.mp4")
     p.add_argument("result", type=Path, help="head.ply, result.npz, or a folder holding one")
@@ -64,6 +69,6 @@ def run_eval(args: Any) -> int:
     figures = evaluate(
         result, photo, out, args.views, args.size, ply_frame=args.ply_frame, renderer=args.renderer, log=log
     )
-    print(json.dumps({k: figures[k] for k in HEADLINE if k in figures}))
+    print(summary_line(figures))
     print(f"wrote {out / 'metrics.json'}, contact_sheet.png, turntable.mp4 and front.png")
     return 0

@@ -1,7 +1,11 @@
 """``generate``: photo -> Gaussian head, run here or (``--connect F``) through a running backend.
 
-Both ways write the same files into ``--out``: ``head.ply`` and ``metrics.json``; a local
-run also writes the turntable frames. Ctrl-C cancels a remote job on the server.
+Both ways write ``head.ply`` and ``metrics.json`` into ``--out``. A local run also writes the
+turntable frames and, unless ``--no-eval``, runs the offline evaluation (:mod:`backend.eval`):
+its figures go into ``metrics.json`` under ``"eval"``, and ``eval/`` holds the contact sheet,
+the turntable video and the front comparison; the turntable frames are then the eval orbit's
+full-size renders. Through a server the job runs the same evaluation, in its job folder.
+Ctrl-C cancels a remote job on the server.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, TqdmReporter, parse_options, print_error, user_errors
+from .eval import summary_line
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,6 +40,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--connect", type=Path, default=None, help="run through a server: its connection file")
     p.add_argument("--timeout", type=float, default=None, help="with --connect: give up after this many seconds")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation (orbit renders and metrics)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=generate)
 
@@ -66,13 +72,23 @@ def _local(args: Any, options: dict[str, Any]) -> int:
     finally:
         reporter.close()
     paths = write_outputs(args.out, result, ply_frame=args.ply_frame)
-    result.metrics["wall_s"] = round(time.perf_counter() - t0, 2)
-    (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    metrics: dict[str, Any] = dict(result.metrics)
+    metrics["generate_s"] = round(time.perf_counter() - t0, 2)
+    if not args.no_eval and result.evaluable:
+        from backend.eval import evaluate_splats
+
+        if not args.quiet:
+            print("evaluating: orbit renders and metrics ...", file=sys.stderr)
+        metrics["eval"] = evaluate_splats(result.splats, image, args.out / "eval", frames_dir=args.out / "turntable")
+    metrics["wall_s"] = round(time.perf_counter() - t0, 2)
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    frames = sorted((args.out / "turntable").glob("frame_*.png"))
     print(
-        f"wrote {paths['ply']} ({len(result.splats)} splats) and {len(paths['turntable'])} turntable frames "
-        f"in {args.out / 'turntable'}"
+        f"wrote {paths['ply']} ({len(result.splats)} splats) and {len(frames)} turntable frames in {args.out / 'turntable'}"
     )
-    print(json.dumps(result.metrics))
+    print(json.dumps({k: v for k, v in metrics.items() if k != "eval"}))
+    if "eval" in metrics:
+        print("eval: " + summary_line(metrics["eval"]) + f" (details in {args.out / 'eval'})")
     return 0
 
 
@@ -104,6 +120,7 @@ def _remote(args: Any, options: dict[str, Any]) -> int:
             options=options,
             image_name=Path(args.photo).name,
             preview_hz=0.0,  # the CLI draws no previews: do not pay for them
+            evaluate=not args.no_eval,
         )
         if not args.quiet:
             print(f"job {job_id} submitted", file=sys.stderr)

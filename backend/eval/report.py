@@ -50,8 +50,12 @@ def evaluate_splats(
     size: int = DEFAULT_SIZE,
     renderer: str = "fast",
     log: Callable[[str], None] | None = None,
+    frames_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a head (head frame) against its photo ([H, W, 3] uint8 RGB).
+
+    ``frames_dir``: also write the ring's renders there as ``frame_000.png ...`` (the
+    full-size turntable that ``generate`` and the server's jobs keep).
 
     ``views`` yaws on the ring (plus 4 pitched views), rendered at ``size`` px. Returns the
     figures, JSON-ready (finite floats, ints, strings and lists); with ``out_dir`` also
@@ -101,6 +105,13 @@ def evaluate_splats(
         write_png(out / "front.png", np.concatenate([front, ref.front_target, _mask_rgb(ref.face_mask)], axis=1))
         write_turntable(out / "turntable.mp4", orbit.images[orbit.ring()])
         timings["write_s"] = time.perf_counter() - t
+    if frames_dir is not None:
+        frames = Path(frames_dir)
+        frames.mkdir(parents=True, exist_ok=True)
+        for old_frame in frames.glob("frame_*.png"):  # the pipeline's smaller preview turntable
+            old_frame.unlink()
+        for i, image in enumerate(orbit.images[orbit.ring()]):
+            write_png(frames / f"frame_{i:03d}.png", image)
     figures |= {k: round(v, 3) for k, v in timings.items()}
     figures["eval_s"] = round(time.perf_counter() - t0, 3)
     figures = json_ready(figures)

@@ -38,6 +38,7 @@ class RunJob(Message):
     preview_dtype: str = "float32"
     max_image_pixels: int | None = None
     max_image_bytes: int | None = None
+    evaluate: bool = True  # run backend.eval on the result (figures into the job's metrics)
 
 
 @dataclass

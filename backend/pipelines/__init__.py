@@ -47,6 +47,7 @@ class RunResult:
     splats: SplatArrays
     turntable: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 frames
     metrics: dict[str, float] = field(default_factory=dict)
+    evaluable: bool = True  # a head of the photo's person: backend.eval can judge it (False: test stand-ins)
 
 
 def available() -> dict[str, Callable[..., RunResult]]:

@@ -228,9 +228,11 @@ def fit_photo_head(image: np.ndarray, cfg: PhotoPreset, *, seed: int = 0, report
     with torch.no_grad():
         front = render_model(model, cam, background=torch.ones(3)).rgb
         pred = torch.where(mask, front, target)
+        # the fit on its own training view, outside the silhouette copied from the photo: a
+        # training loss, not a quality figure (eval's front_psnr_db is that: face mask only)
         metrics = {
-            "front_psnr_db": psnr(pred, target),
-            "front_ssim": float(ssim(pred, target)),
+            "fit_psnr_db": psnr(pred, target),
+            "fit_ssim": float(ssim(pred, target)),
             "n_splats": float(len(model)),
             "photo_visible_fraction": float(visible.mean()),
             "template_reprojection_px": float(fit.reprojection_error_px),

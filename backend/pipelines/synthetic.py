@@ -115,5 +115,6 @@ def run(
     return RunResult(
         splats=splats,
         turntable=turntable,
+        evaluable=False,  # random splats, not a head: nothing for backend.eval to judge
         metrics={"steps": steps, "mean_red": float(mean_rgb[0]), "model_jobs": model["jobs"]},
     )

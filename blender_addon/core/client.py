@@ -338,6 +338,7 @@ class Client:
         image_name: str = "",
         preview_hz: float | None = None,
         preview_dtype: str | None = None,
+        evaluate: bool = True,
         timeout: float = 30.0,
     ) -> str:
         """Queue a job; returns its id. Events follow on :meth:`poll`."""
@@ -351,6 +352,7 @@ class Client:
             image_name=image_name,
             preview_hz=preview_hz,
             preview_dtype=preview_dtype,
+            evaluate=bool(evaluate),
         )
         reply = self._request(msg, JobAccepted, timeout)
         return reply.job_id

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import PortraitSplatError
 
-PROTOCOL_VERSION = "1.1"  # major.minor; peers with a different major refuse each other (1.1: delete_job)
+PROTOCOL_VERSION = "1.2"  # major.minor; peers with a different major refuse each other (1.1: delete_job; 1.2: evaluate)
 DELIM = b"<IDS|MSG>"
 SIGNATURE_SCHEME = "hmac-sha256"
 MiB = 2**20

@@ -71,6 +71,7 @@ class SubmitJob(Message):
     image_name: str = ""
     preview_hz: float | None = None  # None: the server's default; capped by the server
     preview_dtype: str | None = None  # "float16" | "float32"; None: the server's default
+    evaluate: bool = True  # run the offline eval on the result: its figures come back in job_done.metrics["eval"]
 
 
 @dataclass
