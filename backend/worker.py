@@ -221,7 +221,7 @@ class Worker:
                 image,
                 preset=job.preset,
                 seed=job.seed,
-                options=dict(job.options),
+                options=_options(job),
                 reporter=reporter,
                 model_cache=self.model_cache,
             )
@@ -309,6 +309,15 @@ def _evaluate(splats: SplatArrays, image: np.ndarray, output_dir: Path, reporter
         return {"eval_error": f"[{exc.code}] {exc.message}"}
     reporter.progress("eval", 1, 1)
     return {"eval": figures}
+
+
+def _options(job: RunJob) -> dict[str, Any]:
+    """The job's options; an evaluated job's turntable is the eval orbit's, so the pipeline
+    renders none of its own (unless the job asked for frames)."""
+    options = dict(job.options)
+    if job.evaluate and job.pipeline not in TEST_PIPELINES:
+        options.setdefault("turntable_frames", 0)
+    return options
 
 
 def _first_line(exc: BaseException) -> str:

@@ -64,6 +64,8 @@ def _local(args: Any, options: dict[str, Any]) -> int:
     pipelines = available()
     if args.pipeline not in pipelines:
         raise PipelineUnavailableError(args.pipeline, list(pipelines), "no such pipeline")
+    if not args.no_eval:
+        options.setdefault("turntable_frames", 0)  # the eval orbit's 512 px renders are the turntable
     reporter = TqdmReporter(args.quiet)
     t0 = time.perf_counter()
     try:

@@ -34,6 +34,8 @@ def render_turntable(
     """``n_frames`` square renders of ``model`` (a GaussianModel or BoundGaussianModel) at
     ``resolution`` px, evenly spaced on a circle at ``elevation_deg``, ``radius`` metres from
     the origin. ``device`` defaults to the model's."""
+    if n_frames <= 0:
+        return []  # the caller renders its turntable elsewhere (backend.eval's orbit)
     device = model.means.device if device is None else torch.device(device)
     cams = orbit_cameras(
         n_frames, radius=radius, elevation_deg=elevation_deg, fov_deg=fov_deg, width=resolution, height=resolution
