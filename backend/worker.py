@@ -235,7 +235,7 @@ class Worker:
 
                 write_turntable(Path(job.output_dir) / "turntable", result.turntable)
             if job.evaluate and result.evaluable:
-                metrics |= _evaluate(splats, image, Path(job.output_dir), reporter)
+                metrics |= _evaluate(splats, image, Path(job.output_dir), reporter, job.options.get("style"))
             self.send(
                 WorkerResult(
                     job_id=job.job_id,
@@ -294,7 +294,9 @@ def _load_image(job: RunJob) -> np.ndarray:
     return load_image(Path(job.image_path), **kwargs)
 
 
-def _evaluate(splats: SplatArrays, image: np.ndarray, output_dir: Path, reporter: JobReporter) -> dict[str, Any]:
+def _evaluate(
+    splats: SplatArrays, image: np.ndarray, output_dir: Path, reporter: JobReporter, style: str | None = None
+) -> dict[str, Any]:
     """backend.eval on the finished head, into ``output_dir/eval`` (the full-size turntable
     replaces the pipeline's in ``output_dir/turntable``). A failed evaluation does not fail the
     job: its result is kept, and the reason is in ``eval_error``."""
@@ -303,7 +305,9 @@ def _evaluate(splats: SplatArrays, image: np.ndarray, output_dir: Path, reporter
 
     reporter.progress("eval", 0, 1, "orbit renders and metrics")
     try:
-        figures = evaluate_splats(splats, image, output_dir / "eval", frames_dir=output_dir / "turntable")
+        figures = evaluate_splats(
+            splats, image, output_dir / "eval", frames_dir=output_dir / "turntable", style=style or None
+        )
     except PortraitSplatError as exc:
         log.warning("evaluation failed: %s", exc)
         return {"eval_error": f"[{exc.code}] {exc.message}"}

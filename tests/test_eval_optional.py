@@ -39,4 +39,19 @@ def test_a_missing_pack_is_skipped_with_the_download_command(tmp_path, monkeypat
     figures, skipped = optional_metrics(_orbit(), np.zeros((64, 64, 3), np.uint8))
     assert "arcface_ipa" not in figures
     assert any("ArcFace" in line and "models download --only buffalo_l" in line for line in skipped)
-    assert any("CLIP" in line and "models download" in line for line in skipped)
+    assert any("CLIP" in line and "models download --only clip_vit_l14" in line for line in skipped)
+    assert not any(key.startswith("clip_") for key in figures)
+
+
+def test_clip_id_style_and_mvc_run_on_a_tiny_clip(tmp_path, monkeypatch):
+    from backend.testing import save_tiny_clip
+
+    save_tiny_clip(tmp_path / "root" / "clip_vit_l14")
+    monkeypatch.setenv(ENV_ROOT, str(tmp_path / "root"))
+    orbit = _orbit(64)
+    figures, skipped = optional_metrics(orbit, orbit.images[0], "golden statue style")
+    assert not any("CLIP-ID" in line for line in skipped)
+    assert -100 <= figures["clip_style"] <= 100 and -1 <= figures["clip_mvc"] <= 1
+    # the photo is the first view itself: its own similarity lifts the mean above the others'
+    alone, _ = optional_metrics(orbit, orbit.images[3], None)
+    assert figures["clip_id"] != alone["clip_id"] and "clip_style" not in alone

@@ -81,7 +81,9 @@ def _local(args: Any, options: dict[str, Any]) -> int:
 
         if not args.quiet:
             print("evaluating: orbit renders and metrics ...", file=sys.stderr)
-        metrics["eval"] = evaluate_splats(result.splats, image, args.out / "eval", frames_dir=args.out / "turntable")
+        metrics["eval"] = evaluate_splats(
+            result.splats, image, args.out / "eval", frames_dir=args.out / "turntable", style=options.get("style")
+        )
     metrics["wall_s"] = round(time.perf_counter() - t0, 2)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     frames = sorted((args.out / "turntable").glob("frame_*.png"))

@@ -3,18 +3,21 @@
 - ArcFace IPA (Instax3D's identity metric, METHOD B.3): the mean cosine between the ArcFace
   embedding (insightface ``buffalo_l``) of the photo and of each view with |yaw| <= 45 deg
   where insightface finds a face.
-- CLIP-ID / CLIP-style (SAS Table 1, METHOD A.6) and CLIP/DINO MVC (Instax3D): left out for
-  now; there is no CLIP ViT-L/14 in the model registry yet. Reported as skipped, never as 0.
+- CLIP-ID / CLIP-style (SAS Table 1, METHOD A.6) and the CLIP half of Instax3D's MVC, with the
+  registry's ``clip_vit_l14`` (:mod:`.clip_metrics`). Missing weights: skipped, never 0.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FaceError
+from ..errors import FaceError, ModelMissingError
 from ..face import analyse_identity, insightface_available
 from ..face.identity import cosine_similarity
+from .clip_metrics import clip_metrics
 from .orbit import Orbit
+
+CLIP_FIX = "python -m backend models download --only clip_vit_l14"
 
 IPA_MAX_YAW = 45.0
 ARCFACE_PACK = "buffalo_l"
@@ -36,7 +39,7 @@ def arcface_ipa(orbit: Orbit, photo: np.ndarray) -> dict:
     return out
 
 
-def optional_metrics(orbit: Orbit, photo: np.ndarray) -> tuple[dict, list[str]]:
+def optional_metrics(orbit: Orbit, photo: np.ndarray, style: str | None = None) -> tuple[dict, list[str]]:
     """(figures, skipped lines)."""
     figures: dict = {}
     skipped: list[str] = []
@@ -47,8 +50,12 @@ def optional_metrics(orbit: Orbit, photo: np.ndarray) -> tuple[dict, list[str]]:
             f"ArcFace IPA skipped: the insightface pack {ARCFACE_PACK} is not installed "
             f"(run: python -m backend models download --only {ARCFACE_PACK})"
         )
-    skipped.append(
-        "CLIP-ID, CLIP-style and CLIP/DINO MVC skipped: not implemented yet "
-        "(no CLIP ViT-L/14 in the model registry; once added: python -m backend models download)"
-    )
+    try:
+        figures.update(clip_metrics(orbit, photo, style))
+    except ModelMissingError:
+        skipped.append(f"CLIP-ID, CLIP-style and CLIP MVC skipped: CLIP ViT-L/14 is not installed (run: {CLIP_FIX})")
+    else:
+        if not style:
+            skipped.append("CLIP-style skipped: no style prompt")
+    skipped.append("DINO half of Instax3D's MVC skipped: no DINO model in the registry")
     return figures, skipped

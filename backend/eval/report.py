@@ -51,11 +51,13 @@ def evaluate_splats(
     renderer: str = "fast",
     log: Callable[[str], None] | None = None,
     frames_dir: str | os.PathLike[str] | None = None,
+    style: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a head (head frame) against its photo ([H, W, 3] uint8 RGB).
 
     ``frames_dir``: also write the ring's renders there as ``frame_000.png ...`` (the
-    full-size turntable that ``generate`` and the server's jobs keep).
+    full-size turntable that ``generate`` and the server's jobs keep). ``style``: the style
+    prompt, for CLIP-style when CLIP is installed.
 
     ``views`` yaws on the ring (plus 4 pitched views), rendered at ``size`` px. Returns the
     figures, JSON-ready (finite floats, ints, strings and lists); with ``out_dir`` also
@@ -90,7 +92,7 @@ def evaluate_splats(
     figures |= ghost_metrics(orbit, faces)
     figures |= saturation_metrics(orbit)
     figures |= fidelity_metrics(front, ref)
-    extra, skipped = optional_metrics(orbit, photo)
+    extra, skipped = optional_metrics(orbit, photo, style)
     figures |= extra
     figures["skipped"] = skipped
     for line in skipped:

@@ -234,6 +234,16 @@ def load_controlnet(
     return net.eval().requires_grad_(False).to(device)
 
 
+def load_clip(path: Path | str | None = None, *, device: str = "cpu") -> tuple[Any, Any]:
+    """(``transformers.CLIPModel``, ``CLIPProcessor``) of the ``clip_vit_l14`` entry, for eval."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    folder = _path_for("clip_vit_l14", path)
+    model = _load("clip_vit_l14", folder, lambda: CLIPModel.from_pretrained(folder, use_safetensors=True))
+    processor = _load("clip_vit_l14", folder, lambda: CLIPProcessor.from_pretrained(folder))
+    return model.eval().requires_grad_(False).to(device), processor
+
+
 def load_taesd(path: Path | str | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu") -> Any:
     """``diffusers.AutoencoderTiny`` (latents already in the UNet's scale)."""
     from diffusers import AutoencoderTiny

@@ -93,6 +93,25 @@ REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in (
         ModelSpec(
+            name="clip_vit_l14",
+            repo="openai/clip-vit-large-patch14",
+            purpose="CLIP ViT-L/14 (transformers): eval's CLIP-ID, CLIP-style (SAS Table 1) and CLIP MVC (Instax3D)",
+            licence="MIT",
+            size_bytes=int(1.71 * GB),
+            allow_patterns=(
+                "config.json",
+                "model.safetensors",
+                "preprocessor_config.json",
+                "tokenizer*",
+                "vocab.json",
+                "merges.txt",
+                "special_tokens_map.json",
+            ),
+            required=("config.json", "model.safetensors", "preprocessor_config.json", "vocab.json", "merges.txt"),
+            pipelines=(),
+            optional=True,
+        ),
+        ModelSpec(
             name="sd15",
             repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
             purpose="Stable Diffusion 1.5 (fp16): SAS identity/style guidance",

@@ -46,7 +46,7 @@ importable from ``backend.testing`` itself, as before the split.
 """
 
 from .clip import _tiny_text_encoder as _tiny_text_encoder
-from .clip import save_tiny_clip_tokenizer, tiny_vocab_size
+from .clip import save_tiny_clip, save_tiny_clip_tokenizer, tiny_vocab_size
 from .common import ID_EMBED_DIM, SD15_SCHEDULE, SEED, TINY_CROSS_DIM, TINY_LORA_RANK
 from .insightface import INSIGHTFACE_PACK_FILES, save_tiny_insightface
 from .insightface import _TinyDetector as _TinyDetector
@@ -68,6 +68,7 @@ __all__ = [
     "ID_EMBED_DIM",
     "TINY_LORA_RANK",
     "SD15_SCHEDULE",
+    "save_tiny_clip",
     "save_tiny_clip_tokenizer",
     "tiny_vocab_size",
     "tiny_unet_kwargs",

@@ -109,3 +109,38 @@ def _tiny_text_encoder(vocab_size: int, hidden: int, seed: int):
         projection_dim=hidden,
     )
     return CLIPTextModel(cfg).eval()
+
+
+def save_tiny_clip(folder: Path, *, seed: int = 70, image_size: int = 32) -> Path:
+    """A tiny random CLIP (``CLIPModel`` + ``CLIPProcessor``) in the layout of the registry's
+    ``clip_vit_l14`` entry: config.json, model.safetensors, preprocessor_config.json and the
+    tokenizer files. Same classes as ViT-L/14, at a width of 32."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    folder = save_tiny_clip_tokenizer(Path(folder))
+    vocab = tiny_vocab_size(folder)
+    _seeded(seed)
+    text = {
+        "vocab_size": vocab,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "bos_token_id": vocab - 2,
+        "eos_token_id": vocab - 1,
+        "pad_token_id": vocab - 1,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "image_size": image_size,
+        "patch_size": 8,
+    }
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size).save_pretrained(folder)
+    CLIPTokenizer.from_pretrained(folder)  # the files load as the real ones do
+    return folder
