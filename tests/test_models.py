@@ -39,6 +39,39 @@ def test_registry_covers_the_paper_models():
         assert spec.licence and spec.purpose and spec.size_bytes > 0 and spec.required
 
 
+def test_every_registry_entry_is_read_by_some_code(monkeypatch):
+    """The registry is honest: each entry has a loader in backend.models, its name is read by
+    code outside the registry, and a pipeline needs it or it is optional with named readers.
+    ``models download --all`` fetches exactly these."""
+    from backend.pipelines import available
+
+    backend_dir = Path(models.__file__).resolve().parents[1]
+    sources = {
+        p: p.read_text()
+        for p in backend_dir.rglob("*.py")
+        if p.name != "registry.py" and "testing" not in p.relative_to(backend_dir).parts
+    }
+    pipelines = set(available())
+    for name, spec in models.REGISTRY.items():
+        assert spec.loader in models.__all__ and callable(getattr(models, spec.loader)), name
+        assert any(f'"{name}"' in text for text in sources.values()), f"nothing outside the registry names {name}"
+        needed_by = [p for p in pipelines if name in models.required_models(p)]
+        if spec.optional:
+            assert not needed_by and spec.used_by and set(spec.used_by) <= pipelines | {"eval"}, name
+        else:
+            assert needed_by and not spec.used_by, name
+    assert models.default_download_names(include_optional=True) == list(models.REGISTRY)
+    assert set(models.default_download_names()) == {n for p in pipelines for n in models.required_models(p)}
+    assert not {"sdxl", "instantid", "antelopev2", "auraface"} & set(models.REGISTRY)  # issue 15: read by nothing
+    from backend.cli import main
+    from backend.cli import models as models_cli
+
+    asked: list[list[str]] = []
+    monkeypatch.setattr(models_cli, "download", lambda names, **kw: asked.append(list(names)) or [])
+    assert main(["models", "download", "--all"]) == 0 and main(["models", "download"]) == 0
+    assert asked == [list(models.REGISTRY), models.default_download_names()]
+
+
 def test_required_models_per_pipeline():
     assert models.required_models("photo") == []
     assert models.required_models("synthetic") == []
@@ -181,21 +214,20 @@ def test_download_calls_hub_with_patterns_and_skips_present(tmp_path, monkeypatc
     assert r.ok and r.skipped and len(calls) == 1
 
 
-def test_insightface_pack_is_lifted_out_of_a_nested_zip_folder(tmp_path, monkeypatch, tiny_models_root):
+def test_insightface_pack_lands_where_insightface_looks(tmp_path, monkeypatch, tiny_models_root):
     import insightface.utils.storage as storage
 
     def fake_download(sub_dir, name, force=False, root="~/.insightface"):
-        nested = Path(root) / sub_dir / name / name  # antelopev2.zip holds antelopev2/*.onnx
-        shutil.copytree(tiny_models_root / "insightface" / "models" / "buffalo_l", nested)
-        (nested / "det_10g.onnx").rename(nested / "scrfd_10g_bnkps.onnx")
-        (nested / "w600k_r50.onnx").rename(nested / "glintr100.onnx")
+        shutil.copytree(
+            tiny_models_root / "insightface" / "models" / name, Path(root) / sub_dir / name, dirs_exist_ok=True
+        )
         return str(Path(root) / sub_dir / name)
 
     monkeypatch.setattr(storage, "download", fake_download)
-    (r,) = models.download(["antelopev2"], root=tmp_path)
+    (r,) = models.download(["buffalo_l"], root=tmp_path)
     assert r.ok, r.error
-    assert (tmp_path / "insightface" / "models" / "antelopev2" / "glintr100.onnx").is_file()
-    assert models.model_path("antelopev2", tmp_path) == r.path
+    assert (tmp_path / "insightface" / "models" / "buffalo_l" / "w600k_r50.onnx").is_file()
+    assert models.model_path("buffalo_l", tmp_path) == r.path
 
 
 # --- corrupt files ---------------------------------------------------------------------------

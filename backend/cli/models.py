@@ -27,7 +27,8 @@ def add_parser(subparsers: Any) -> None:
         choices=list(REGISTRY),
         help=f"models to fetch: {', '.join(REGISTRY)}",
     )
-    d.add_argument("--all", action="store_true", help="include the optional models")
+    optional = ", ".join(f"{s.name} ({'/'.join(s.used_by)})" for s in REGISTRY.values() if s.optional)
+    d.add_argument("--all", action="store_true", help=f"include the optional models: {optional}")
     d.add_argument("--token", default=None, help="Hugging Face token (default: $HF_TOKEN or saved login)")
     d.add_argument("--force", action="store_true", help="fetch again even if present")
     d.set_defaults(func=_cli_download)
@@ -50,7 +51,7 @@ def _cli_check(args: Any) -> int:
 
 @user_errors
 def _cli_download(args: Any) -> int:
-    names = args.only or ([*REGISTRY] if args.all else default_download_names())
+    names = args.only or default_download_names(include_optional=args.all)
     results = download(names, token=args.token or os.environ.get("HF_TOKEN"), force=args.force)
     failed = 0
     for r in results:

@@ -77,15 +77,7 @@ def _download_hf(spec: ModelSpec, folder: Path, token: str | None) -> None:
 def _download_insightface(spec: ModelSpec, folder: Path, token: str | None) -> None:
     from insightface.utils.storage import download as if_download
 
-    if_download("models", spec.repo, root=str(folder.parent.parent))
-    # Some packs (antelopev2) unzip into <pack>/<pack>/*.onnx: lift the files up one level.
-    if not any(folder.glob("*.onnx")):
-        for inner in folder.iterdir():
-            if inner.is_dir() and any(inner.glob("*.onnx")):
-                for f in inner.iterdir():
-                    shutil.move(str(f), str(folder / f.name))
-                inner.rmdir()
-                break
+    if_download("models", spec.repo, root=str(folder.parent.parent))  # buffalo_l.zip unzips flat into <pack>/
 
 
 _DOWNLOADERS: dict[str, Callable[[ModelSpec, Path, str | None], None]] = {
@@ -103,9 +95,11 @@ class DownloadResult:
     skipped: bool = False  # already present
 
 
-def default_download_names() -> list[str]:
-    """What ``models download`` fetches without ``--only``: every model a pipeline needs."""
-    return [s.name for s in REGISTRY.values() if not s.optional]
+def default_download_names(*, include_optional: bool = False) -> list[str]:
+    """What ``models download`` fetches without ``--only``: every model a pipeline needs;
+    ``include_optional`` (``--all``) adds the optional ones, each read by the consumer in its
+    ``used_by`` (nothing in the registry is unread: tests/test_models.py)."""
+    return [s.name for s in REGISTRY.values() if include_optional or not s.optional]
 
 
 def download(

@@ -50,6 +50,11 @@ class ModelSpec:
     ``required`` lists glob patterns, relative to the model folder, that must each match at
     least one file for the model to count as present. ``subfolder`` is where the loader looks
     inside the folder. ``pipelines`` names the pipelines that cannot run without it.
+
+    The registry holds only models some code reads (tests/test_models.py pins it): ``loader``
+    names the :mod:`backend.models` function that opens the folder, and every entry is either
+    needed by a pipeline (``pipelines``) or ``optional`` with its readers in ``used_by``
+    (a pipeline that loads it when an option asks for it, or ``"eval"``).
     """
 
     name: str
@@ -65,6 +70,8 @@ class ModelSpec:
     gated: bool = False
     pipelines: tuple[str, ...] = ()
     optional: bool = False
+    used_by: tuple[str, ...] = ()
+    loader: str = ""
     url: str = ""
 
     @property
@@ -94,6 +101,7 @@ REGISTRY: dict[str, ModelSpec] = {
     for s in (
         ModelSpec(
             name="clip_vit_l14",
+            loader="load_clip",
             repo="openai/clip-vit-large-patch14",
             purpose="CLIP ViT-L/14 (transformers): eval's CLIP-ID, CLIP-style (SAS Table 1) and CLIP MVC (Instax3D)",
             licence="MIT",
@@ -108,11 +116,12 @@ REGISTRY: dict[str, ModelSpec] = {
                 "special_tokens_map.json",
             ),
             required=("config.json", "model.safetensors", "preprocessor_config.json", "vocab.json", "merges.txt"),
-            pipelines=(),
             optional=True,
+            used_by=("eval",),  # backend.eval.clip_metrics; the CLIP figures are skipped without it
         ),
         ModelSpec(
             name="sd15",
+            loader="load_sd15",
             repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
             purpose="Stable Diffusion 1.5 (fp16): SAS identity/style guidance",
             licence="CreativeML OpenRAIL-M",
@@ -132,6 +141,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="ip_adapter_faceid",
+            loader="load_ip_adapter_faceid",
             repo="h94/IP-Adapter-FaceID",
             purpose="IP-Adapter-FaceID for SD1.5: ArcFace identity -> decoupled cross-attention (+LoRA)",
             licence="research only (trained on insightface embeddings; see model card)",
@@ -142,6 +152,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="controlnet_face",
+            loader="load_controlnet",
             repo="CrucibleAI/ControlNetMediaPipeFace",
             purpose="MediaPipe-face landmark ControlNet, SD1.5 subfolder only (the repo is ~31 GB)",
             licence="OpenRAIL",
@@ -153,6 +164,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="mvdream",
+            loader="load_mvdream",
             repo="ashawkey/mvdream-sd2.1-diffusers",
             purpose="MVDream multi-view UNet (SD2.1 base, LDM keys) + SD2.1 text encoder/VAE: 3D SDS",
             licence="CreativeML OpenRAIL-M",
@@ -178,6 +190,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="sv3d_u",
+            loader="load_sv3d",
             repo="stabilityai/sv3d",
             purpose="SV3D_u orbit-video model (no camera input; Instax3D generation stage)",
             licence="Stability AI Community License (non-commercial; gated)",
@@ -189,6 +202,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="sv3d_p",
+            loader="load_sv3d",
             repo="stabilityai/sv3d",
             purpose="SV3D_p orbit-video model (camera path input; optional Instax3D variant)",
             licence="Stability AI Community License (non-commercial; gated)",
@@ -197,9 +211,11 @@ REGISTRY: dict[str, ModelSpec] = {
             required=("sv3d_p.safetensors",),
             gated=True,
             optional=True,
+            used_by=("instax",),  # with the option sv3d_variant="sv3d_p" (backend.guidance.sv3d.load_sv3d)
         ),
         ModelSpec(
             name="buffalo_l",
+            loader="load_insightface",
             repo="buffalo_l",
             source="insightface",
             purpose="insightface pack: SCRFD detector, 106/68 landmarks, ArcFace w600k_r50 (FaceID's embedding)",
@@ -210,18 +226,8 @@ REGISTRY: dict[str, ModelSpec] = {
             pipelines=("stylize",),
         ),
         ModelSpec(
-            name="antelopev2",
-            repo="antelopev2",
-            source="insightface",
-            purpose="insightface pack: SCRFD-10G, landmarks, ArcFace glintr100 (InstantID's embedding)",
-            licence="non-commercial research only (insightface models)",
-            size_bytes=407 * MB,
-            required=("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
-            url="https://github.com/deepinsight/insightface/tree/master/python-package",
-            optional=True,
-        ),
-        ModelSpec(
             name="taesd",
+            loader="load_taesd",
             repo="madebyollin/taesd",
             purpose="Tiny SD autoencoder: ~9x cheaper latent encode/decode (speed preset)",
             licence="MIT",
@@ -230,50 +236,6 @@ REGISTRY: dict[str, ModelSpec] = {
             required=("config.json", "diffusion_pytorch_model.safetensors"),
             pipelines=("stylize",),
         ),  # the stylize pipeline's default ("fast") preset encodes with it
-        ModelSpec(
-            name="auraface",
-            repo="fal/AuraFace-v1",
-            purpose="Apache-2.0 ArcFace-style recogniser (glintr100.onnx) for a permissive identity chain",
-            licence="Apache-2.0 (recogniser only)",
-            size_bytes=261 * MB,
-            allow_patterns=("glintr100.onnx",),
-            required=("glintr100.onnx",),
-            optional=True,
-        ),
-        ModelSpec(
-            name="sdxl",
-            repo="stabilityai/stable-diffusion-xl-base-1.0",
-            purpose="SDXL base (fp16): optional heavier InstantID backend",
-            licence="CreativeML OpenRAIL++-M",
-            size_bytes=int(6.9 * GB),
-            allow_patterns=(
-                "model_index.json",
-                "*/config.json",
-                "unet/*.fp16.safetensors",
-                "vae/*.fp16.safetensors",
-                "text_encoder/*.fp16.safetensors",
-                "text_encoder_2/*.fp16.safetensors",
-                "tokenizer/*",
-                "tokenizer_2/*",
-                "scheduler/*",
-            ),
-            required=("model_index.json", "unet/*.safetensors", "vae/*.safetensors", "text_encoder_2/*.safetensors"),
-            optional=True,
-        ),
-        ModelSpec(
-            name="instantid",
-            repo="InstantX/InstantID",
-            purpose="InstantID for SDXL: identity adapter + landmark ControlNet (optional backend)",
-            licence="Apache-2.0 (needs antelopev2, non-commercial)",
-            size_bytes=int(4.2 * GB),
-            allow_patterns=(
-                "ip-adapter.bin",
-                "ControlNetModel/config.json",
-                "ControlNetModel/diffusion_pytorch_model.safetensors",
-            ),
-            required=("ip-adapter.bin", "ControlNetModel/config.json", "ControlNetModel/*.safetensors"),
-            optional=True,
-        ),
     )
 }
 
