@@ -4,6 +4,7 @@ the real photo pipeline through the service (slow).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -93,6 +94,42 @@ def test_cli_ping_and_generate(server, tmp_path):
         env=env,
     )
     assert r.returncode == 1 and "error [no_face]" in r.stderr
+
+
+def test_generate_options_reach_the_pipeline_locally_and_through_the_server(server, tmp_path):
+    """One generate parser, two paths: the same --option list reaches the synthetic pipeline run
+    here (PORTRAITSPLAT_TEST_PIPELINES=1, as the worker offers it) and as a server job."""
+    env = {**os.environ, "PYTHONPATH": _pythonpath(), "PORTRAITSPLAT_TEST_PIPELINES": "1"}
+    photo = tmp_path / "me.png"
+    photo.write_bytes(PHOTO)
+    options = [
+        "--option",
+        "n_gaussians=77",
+        "--option",
+        "steps=2",
+        "--option",
+        "step_seconds=0",
+        "--option",
+        "sh_degree=1",
+    ]
+    for name, where in (("local", []), ("remote", ["--connect", str(server.conn)])):
+        out = tmp_path / name
+        cmd = [sys.executable, "-m", "backend", "generate", str(photo), "--out", str(out), "--pipeline", "synthetic"]
+        r = subprocess.run(cmd + options + where, cwd=REPO, capture_output=True, text=True, timeout=90, env=env)
+        assert r.returncode == 0, (name, r.stderr)
+        splats = read_ply(out / "head.ply")
+        assert len(splats) == 77 and splats.shN is not None and splats.shN.shape[1] == 3, name  # n_gaussians, sh_degree
+        assert json.loads((out / "metrics.json").read_text())["steps"] == 2, name  # steps (an int, from JSON)
+    r = subprocess.run(  # a name the pipeline does not have: refused before the job is submitted
+        [sys.executable, "-m", "backend", "generate", str(photo), "--out", str(tmp_path / "bad"), "--pipeline"]
+        + ["synthetic", "--option", "n_gaussianz=5", "--connect", str(server.conn)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+    )
+    assert r.returncode == 1 and "error [bad_option]" in r.stderr and "n_gaussianz" in r.stderr, r.stderr
 
 
 def test_cli_ping_without_a_server_fails_with_a_timeout_error(tmp_path):

@@ -6,6 +6,13 @@ its figures go into ``metrics.json`` under ``"eval"``, and ``eval/`` holds the c
 the turntable video and the front comparison; the turntable frames are then the eval orbit's
 full-size renders. Through a server the job runs the same evaluation, in its job folder.
 Ctrl-C cancels a remote job on the server.
+
+One parser serves both ways: ``--option KEY=VALUE`` (repeatable) is read by
+:func:`.common.parse_options` before the paths part, so a malformed option, or a name the
+chosen pipeline does not have (when this install knows the pipeline), fails the same way,
+``error [bad_option]``, before a photo is read or a job is submitted. With
+``PORTRAITSPLAT_TEST_PIPELINES=1`` the local path also offers the test-only ``synthetic``
+pipeline, as the worker does.
 """
 
 from __future__ import annotations
@@ -16,7 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_FAILED, EXIT_INTERRUPTED, TqdmReporter, parse_options, print_error, user_errors
+from .common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    TqdmReporter,
+    option_names,
+    parse_options,
+    print_error,
+    user_errors,
+)
 from .eval import summary_line
 
 
@@ -33,7 +48,8 @@ def add_parser(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="pipeline option overriding the preset (VALUE parsed as JSON if it can be)",
+        help="pipeline option overriding the preset, repeatable (VALUE parsed as JSON if it can be); "
+        "the same for a local run and --connect",
     )
     p.add_argument(
         "--ply-frame", choices=["ply", "head"], default="ply", help="PLY axes: ply = RDF/OpenCV for 3DGS viewers"
@@ -47,7 +63,8 @@ def add_parser(subparsers: Any) -> None:
 
 @user_errors
 def generate(args: Any) -> int:
-    options = parse_options(args.option)
+    known = option_names(args.pipeline) if args.option else None  # imports the pipeline's presets: only when needed
+    options = parse_options(args.option, pipeline=args.pipeline, known=known)
     if args.style:
         options.setdefault("style", args.style)
     if args.connect is not None:
@@ -58,12 +75,13 @@ def generate(args: Any) -> int:
 def _local(args: Any, options: dict[str, Any]) -> int:
     from backend.errors import PipelineUnavailableError
     from backend.image_io import load_image
-    from backend.pipelines import available
     from backend.pipelines.outputs import write_outputs
+    from backend.worker import load_pipelines
 
-    pipelines = available()
+    pipelines, unavailable = load_pipelines([args.pipeline])  # the worker's table: test-only ones when enabled
     if args.pipeline not in pipelines:
-        raise PipelineUnavailableError(args.pipeline, list(pipelines), "no such pipeline")
+        offered, _ = load_pipelines(None)
+        raise PipelineUnavailableError(args.pipeline, list(offered), unavailable.get(args.pipeline, "no such pipeline"))
     if not args.no_eval:
         options.setdefault("turntable_frames", 0)  # the eval orbit's 512 px renders are the turntable
     reporter = TqdmReporter(args.quiet)
