@@ -1,6 +1,10 @@
-"""Loaders: a model's folder -> working modules (diffusers ``from_pretrained``, the
-IP-Adapter-FaceID state dict, MVDream, SV3D, insightface ``FaceAnalysis``). Heavy imports stay
-inside each loader."""
+"""Loaders: a model's folder (or single file) -> working modules (diffusers ``from_pretrained``
+/ ``from_single_file``, the IP-Adapter-FaceID state dict, MVDream, SV3D, insightface
+``FaceAnalysis``). Heavy imports stay inside each loader.
+
+Strict: before anything is loaded, the files' keys and shapes are held against the layout the
+module needs (:mod:`.probe`, the same check ``models check`` runs), since ``from_pretrained``
+only warns about missing or unexpected keys (and leaves missing ones random)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from backend.errors import ModelMissingError, PortraitSplatError
 
+from . import layouts as L
+from . import probe as probes
 from .registry import REGISTRY, ModelCorruptError
 from .store import _corrupt, model_path, verify_folder, verify_safetensors
 from .sv3d import SV3DParts, load_sv3d  # noqa: F401  (re-exported)
@@ -32,14 +38,16 @@ def _variant(folder: Path) -> str | None:
     return "fp16" if any(Path(folder).glob("*.fp16.safetensors")) else None
 
 
-def _load(name: str | None, folder: Path, fn: Callable[[], Any]) -> Any:
-    """Run a from_pretrained call, after an integrity check, turning read failures into
-    :class:`ModelCorruptError` / :class:`ModelMissingError` naming the fix."""
+def _load(name: str | None, folder: Path, fn: Callable[[], Any], check: Callable[[], None] | None = None) -> Any:
+    """Run a from_pretrained call, after an integrity check and the strict layout ``check``,
+    turning read failures into :class:`ModelCorruptError` / :class:`ModelMissingError` naming the fix."""
     if not Path(folder).exists():
         spec = REGISTRY.get(name or "")
         hint = f"Run: {spec.download_command}" if spec else ""
         raise ModelMissingError(f"No model folder at {folder}.", hint=hint)
     verify_folder(folder, name)
+    if check is not None:
+        check()
     try:
         return fn()
     except (OSError, ValueError, RuntimeError) as exc:
@@ -77,10 +85,14 @@ def load_sd15(
     device: str = "cpu",
     scheduler: str = "ddim",
     name: str = "sd15",
+    config: Path | str | None = None,
 ) -> SD15:
-    """Load SD1.5's UNet, VAE, text encoder, tokenizer and a scheduler from a diffusers folder.
+    """Load SD1.5's UNet, VAE, text encoder, tokenizer and a scheduler from a diffusers folder
+    or a single ``.safetensors``/``.ckpt`` file (A1111/ComfyUI).
 
     ``path`` defaults to ``model_path("sd15")``. The fp16 variant files are picked when present.
+    A single file is converted with diffusers' ``from_single_file`` and the SD1.5 configs and
+    tokenizer shipped in backend/models/configs/sd15 (``config``: another folder in that layout).
     ``scheduler``: ``"ddim"`` or ``"ddpm"`` (same betas, read from ``scheduler/``). All modules
     are in eval mode with gradients off.
     """
@@ -89,6 +101,15 @@ def load_sd15(
 
     folder = _path_for(name, path)
     sched_cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[scheduler]
+    if folder.is_file():
+        from .single_file import load_sd15_parts
+
+        verify_folder(folder, name)
+        unet, vae, te, tok, cfg_dir = load_sd15_parts(folder, config_dir=Path(config) if config else None, dtype=dtype)
+        sch = sched_cls.from_pretrained(cfg_dir, subfolder="scheduler")
+        for m in (unet, vae, te):
+            m.eval().requires_grad_(False).to(device)
+        return SD15(unet, vae, te, tok, sch, folder)
 
     def go():
         unet = UNet2DConditionModel.from_pretrained(
@@ -102,7 +123,7 @@ def load_sd15(
         sch = sched_cls.from_pretrained(folder, subfolder="scheduler")
         return unet, vae, te, tok, sch
 
-    unet, vae, te, tok, sch = _load(name, folder, go)
+    unet, vae, te, tok, sch = _load(name, folder, go, lambda: probes.probe_sd15_folder(folder, name))
     for m in (unet, vae, te):
         m.eval().requires_grad_(False).to(device)
     return SD15(unet, vae, te, tok, sch, folder)
@@ -182,13 +203,14 @@ def apply_ip_adapter_faceid(
     memory with :func:`backend.testing.tiny_ip_adapter_state_dict`). ``source`` names it in errors."""
     path = Path(source)
     n_proc = len(unet.attn_processors)
-    ids = {int(k.split(".")[0]) for k in sd["ip_adapter"]}
-    if ids and (max(ids) + 1 != n_proc or "1.to_k_ip.weight" not in sd["ip_adapter"]):
+    ids = {int(k.split(".")[0]) for k in sd["ip_adapter"] if k.split(".")[0].isdigit()}
+    if ids and max(ids) + 1 != n_proc:
         raise _corrupt(
             "ip_adapter_faceid",
             path,
             f"it is for a UNet with {max(ids) + 1} attention processors, this UNet has {n_proc}",
         )
+    _check_ip_adapter(unet, sd, path)
     try:
         unet._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
         loras = unet._load_ip_adapter_loras([sd])
@@ -209,6 +231,27 @@ def apply_ip_adapter_faceid(
     return unet
 
 
+def _check_ip_adapter(unet, sd: dict, path: Path) -> None:
+    """Every key and shape of the file against tencent-ailab's layout for this UNet (strict:
+    diffusers' loader would pick the keys it knows and ignore the rest)."""
+    cfg = unet.config
+    chans, rev = list(cfg.block_out_channels), list(reversed(cfg.block_out_channels))
+
+    def hidden(name: str) -> int:
+        if name.startswith("mid_block"):
+            return chans[-1]
+        block = int(name.split(".")[1])
+        return rev[block] if name.startswith("up_blocks") else chans[block]
+
+    procs = [(n, hidden(n), not n.endswith("attn1.processor")) for n in unet.attn_processors]
+    found = {f"{part}.{k}": tuple(v.shape) for part in ("image_proj", "ip_adapter") for k, v in sd[part].items()}
+    rank = found.get("ip_adapter.0.to_q_lora.down.weight", (probes.FACEID_LORA_RANK,))[0]
+    expected = L.ip_adapter_faceid_shapes(procs, int(cfg.cross_attention_dim), rank)
+    diff = L.compare(found, expected)
+    if not diff.ok:
+        raise probes.layout_error("ip_adapter_faceid", path, diff.describe())
+
+
 def set_ip_adapter_scale(unet, scale: float) -> None:
     """Weight of the identity tokens in every decoupled cross-attention (0 switches it off)."""
     for proc in unet.attn_processors.values():
@@ -222,15 +265,28 @@ def load_controlnet(
     dtype: torch.dtype | None = None,
     device: str = "cpu",
     subfolder: str | None = "diffusion_sd15",
+    config: Path | str | None = None,
 ) -> Any:
     """The MediaPipe-face ControlNet for SD1.5 (``diffusers.ControlNetModel``) from the repo
-    folder's ``diffusion_sd15/`` (default ``model_path("controlnet_face")``)."""
+    folder's ``diffusion_sd15/`` (default ``model_path("controlnet_face")``; a folder that holds
+    ``config.json`` itself works too), or from a single file as A1111/ComfyUI keep it
+    (``control_v2p_sd15_mediapipe_face.safetensors``: ``control_model.*`` keys), converted with
+    the SD1.5 ControlNet config shipped in backend/models/configs (``config``: another folder)."""
     from diffusers import ControlNetModel
 
     folder = _path_for("controlnet_face", path)
-    sub = folder / subfolder if subfolder else folder
+    if folder.is_file():
+        from .single_file import load_controlnet_file
+
+        verify_folder(folder, "controlnet_face")
+        net = load_controlnet_file(folder, config_dir=Path(config) if config else None, dtype=dtype)
+        return net.eval().requires_grad_(False).to(device)
+    sub = probes.controlnet_folder(folder, subfolder)
     net = _load(
-        "controlnet_face", sub, lambda: ControlNetModel.from_pretrained(sub, variant=_variant(sub), **_dt(dtype))
+        "controlnet_face",
+        sub,
+        lambda: ControlNetModel.from_pretrained(sub, variant=_variant(sub), **_dt(dtype)),
+        lambda: probes.probe_diffusers_component("controlnet_face", sub, "controlnet"),
     )
     return net.eval().requires_grad_(False).to(device)
 
@@ -240,7 +296,12 @@ def load_clip(path: Path | str | None = None, *, device: str = "cpu") -> tuple[A
     from transformers import CLIPModel, CLIPProcessor
 
     folder = _path_for("clip_vit_l14", path)
-    model = _load("clip_vit_l14", folder, lambda: CLIPModel.from_pretrained(folder, use_safetensors=True))
+    model = _load(
+        "clip_vit_l14",
+        folder,
+        lambda: CLIPModel.from_pretrained(folder, use_safetensors=True),
+        lambda: probes.probe_diffusers_component("clip_vit_l14", folder, "clip"),
+    )
     processor = _load("clip_vit_l14", folder, lambda: CLIPProcessor.from_pretrained(folder))
     return model.eval().requires_grad_(False).to(device), processor
 
@@ -250,7 +311,12 @@ def load_taesd(path: Path | str | None = None, *, dtype: torch.dtype | None = No
     from diffusers import AutoencoderTiny
 
     folder = _path_for("taesd", path)
-    vae = _load("taesd", folder, lambda: AutoencoderTiny.from_pretrained(folder, **_dt(dtype)))
+    vae = _load(
+        "taesd",
+        folder,
+        lambda: AutoencoderTiny.from_pretrained(folder, **_dt(dtype)),
+        lambda: probes.probe_diffusers_component("taesd", folder, "taesd"),
+    )
     return vae.eval().requires_grad_(False).to(device)
 
 
@@ -295,7 +361,7 @@ def load_mvdream(
         sch = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
         return cfg, state, te, tok, vae, sch
 
-    cfg, state, te, tok, vae, sch = _load("mvdream", folder, go)
+    cfg, state, te, tok, vae, sch = _load("mvdream", folder, go, lambda: probes.probe_mvdream(folder))
     if dtype is not None or device != "cpu":
         state = {k: (v.to(device=device, dtype=dtype) if dtype is not None else v.to(device)) for k, v in state.items()}
     for m in (te, vae):

@@ -1,5 +1,10 @@
 """Where the models are (root, per-model overrides by env var or TOML), whether they are
-intact (safetensors headers, empty files), ``models check`` and the submit-time check."""
+intact (safetensors headers, empty files) and fit their loader (header-level probes,
+:mod:`.probe`), ``models check`` and the submit-time check.
+
+An override may point at a folder (the repository layout) or, for the models that come as one
+file (:data:`SINGLE_FILE_MODELS`: an A1111/ComfyUI SD1.5 checkpoint, a ControlNet, the
+IP-Adapter, SV3D), at that file."""
 
 from __future__ import annotations
 
@@ -40,9 +45,24 @@ def insightface_root(root: Path | None = None) -> Path:
     return Path(root or models_root()) / "insightface"
 
 
-def _config_overrides(root: Path) -> dict[str, Path]:
+#: Models whose override may name a single weight file, and the suffixes it may have.
+SINGLE_FILE_MODELS: dict[str, tuple[str, ...]] = {
+    "sd15": (".safetensors", ".ckpt"),
+    "controlnet_face": (".safetensors", ".ckpt", ".pth"),
+    "ip_adapter_faceid": (".bin", ".safetensors"),
+    "sv3d_u": (".safetensors",),
+    "sv3d_p": (".safetensors",),
+}
+
+
+def config_path(root: Path | None = None) -> Path:
+    """The model config file: ``$PORTRAITSPLAT_MODELS_CONFIG`` or ``<root>/models.toml``."""
     cfg = os.environ.get(ENV_CONFIG)
-    path = Path(cfg).expanduser() if cfg else root / "models.toml"
+    return Path(cfg).expanduser() if cfg else Path(root if root is not None else models_root()) / "models.toml"
+
+
+def _config_overrides(root: Path) -> dict[str, Path]:
+    path = config_path(root)
     if not path.is_file():
         return {}
     import tomllib
@@ -79,6 +99,11 @@ def _resolve(name: str, root: Path | None = None) -> tuple[Path, str]:
 
 
 def _missing_files(spec: ModelSpec, folder: Path) -> list[str]:
+    if folder.is_file():
+        suffixes = SINGLE_FILE_MODELS.get(spec.name)
+        if suffixes is None or folder.suffix not in suffixes:
+            return ["(a folder, not a file)"] if suffixes is None else [f"(a {' or '.join(suffixes)} file)"]
+        return []
     if not folder.is_dir():
         return list(spec.required) or ["(folder)"]
     return [pat for pat in spec.required if not any(p.is_file() for p in folder.glob(pat))]
@@ -88,11 +113,12 @@ def _missing_message(spec: ModelSpec, folder: Path, origin: str, missing: list[s
     where = {"env": f" (set by {ENV_PREFIX}{spec.name.upper()})", "config": " (set in the model config)"}.get(
         origin, ""
     )
-    what = (
-        "is not there"
-        if missing == list(spec.required) or missing == ["(folder)"]
-        else f"is incomplete: no {', '.join(missing)}"
-    )
+    if missing == list(spec.required) or missing == ["(folder)"]:
+        what = "is not there"
+    elif missing[0].startswith("(a "):
+        what = f"must be {missing[0].strip('()')}"
+    else:
+        what = f"is incomplete: no {', '.join(missing)}"
     hint = f"Run: {spec.download_command}"
     if spec.gated:
         hint += f" (gated: accept the licence at {spec.page} and set HF_TOKEN first)"
@@ -100,8 +126,9 @@ def _missing_message(spec: ModelSpec, folder: Path, origin: str, missing: list[s
 
 
 def model_path(name: str, root: Path | None = None) -> Path:
-    """The folder holding model ``name``; raises :class:`ModelMissingError` if it is absent
-    or incomplete (the message names ``python -m backend models download --only NAME``)."""
+    """The folder (or, for :data:`SINGLE_FILE_MODELS`, the file) holding model ``name``; raises
+    :class:`ModelMissingError` if it is absent or incomplete (the message names
+    ``python -m backend models download --only NAME``)."""
     spec = get_spec(name)
     folder, origin = _resolve(name, root)
     missing = _missing_files(spec, folder)
@@ -142,13 +169,15 @@ def verify_safetensors(path: Path, name: str | None = None) -> None:
 
 
 def verify_folder(folder: Path, name: str | None = None) -> None:
-    """:func:`verify_safetensors` on every ``.safetensors`` file below ``folder``; empty files fail."""
-    for p in sorted(Path(folder).rglob("*")):
+    """:func:`verify_safetensors` on every ``.safetensors`` file below ``folder`` (or on
+    ``folder`` itself when it is a file); empty files fail."""
+    folder = Path(folder)
+    for p in [folder] if folder.is_file() else sorted(folder.rglob("*")):
         if not p.is_file() or ".cache" in p.parts:
             continue
         if p.suffix == ".safetensors":
             verify_safetensors(p, name)
-        elif p.suffix in (".bin", ".onnx", ".pth") and p.stat().st_size == 0:
+        elif p.suffix in (".bin", ".onnx", ".pth", ".ckpt") and p.stat().st_size == 0:
             raise _corrupt(name, p, "the file is empty")
 
 
@@ -179,13 +208,39 @@ class ModelStatus:
 
 
 def _folder_size(folder: Path) -> int:
+    if folder.is_file():
+        return folder.stat().st_size
     if not folder.is_dir():
         return 0
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
 
 
+def _probe_context(root: Path | None) -> dict[str, object]:
+    """What a probe needs beyond its own files: the IP-Adapter is checked against the UNet
+    config of the SD1.5 it will be loaded into (the installed folder's, else SD1.5's)."""
+    folder, _ = _resolve("sd15", root)
+    cfg = folder / "unet" / "config.json"
+    if folder.is_dir() and cfg.is_file():
+        try:
+            return {"sd15_unet_config": json.loads(cfg.read_text())}
+        except (OSError, json.JSONDecodeError):
+            return {}
+    return {}
+
+
+def probe_model(name: str, path: Path, root: Path | None = None) -> None:
+    """Integrity (:func:`verify_folder`) and layout (:func:`backend.models.probe.probe`) of one
+    present model: raises :class:`ModelCorruptError` with what is wrong and the fix."""
+    from .probe import probe
+
+    verify_folder(path, name)
+    probe(name, path, **_probe_context(root))
+
+
 def check(names: Iterable[str] | None = None, root: Path | None = None, *, verify: bool = True) -> list[ModelStatus]:
-    """Status of every registered model (or of ``names``): present, intact, size, where."""
+    """Status of every registered model (or of ``names``): present, intact, size, where.
+    ``verify`` also reads the weight files' headers and holds their keys against the loader's
+    layout (cheap: no tensor is read); a model that fails shows as BROKEN with the reason."""
     out = []
     for name in names or REGISTRY:
         spec = get_spec(name)
@@ -198,7 +253,7 @@ def check(names: Iterable[str] | None = None, root: Path | None = None, *, verif
             )
         elif verify:
             try:
-                verify_folder(folder, name)
+                probe_model(name, folder, root)
             except ModelCorruptError as exc:
                 problem = exc.message
         out.append(ModelStatus(spec, folder, not problem, origin, _folder_size(folder), problem))
@@ -228,17 +283,32 @@ def format_check(statuses: list[ModelStatus]) -> str:
 
 
 def ensure_models(pipeline: str, root: Path | None = None, *, names: Iterable[str] | None = None) -> dict[str, Path]:
-    """Submit-time check: the folders of every model ``pipeline`` needs, or one
-    :class:`ModelMissingError` listing all that are missing and the one command that fetches
-    them. ``{}`` for the weight-free pipelines. ``names`` checks those models instead (a
+    """Submit-time check: the folders (or files) of every model ``pipeline`` needs, or one
+    :class:`ModelMissingError` listing all that are missing or broken (a file its loader would
+    refuse: the header-level probe of :func:`probe_model`, no torch) and the one command that
+    fetches them. ``{}`` for the weight-free pipelines. ``names`` checks those models instead (a
     pipeline whose options need only some of its models, or an optional one)."""
     names = required_models(pipeline) if names is None else list(names)
-    found, missing = {}, []
+    found, missing, broken = {}, [], {}
     for name in names:
         try:
             found[name] = model_path(name, root)
         except ModelMissingError:
             missing.append(name)
+            continue
+        try:
+            probe_model(name, found[name], root)
+        except ModelCorruptError as exc:
+            broken[name] = exc.message
+            del found[name]
+    if broken and not missing:
+        first = next(iter(broken))
+        raise ModelCorruptError(
+            f"The '{pipeline}' pipeline needs models whose files do not fit their loader: " + " ".join(broken.values()),
+            hint=f"Run: python -m backend models download --only {' '.join(broken)}"
+            + (f" (or point the override for {first} at a matching file)" if len(broken) == 1 else ""),
+        )
+    missing += list(broken)
     if missing:
         gated = [n for n in missing if REGISTRY[n].gated]
         hint = f"Run: python -m backend models download --only {' '.join(missing)}"
@@ -247,9 +317,10 @@ def ensure_models(pipeline: str, root: Path | None = None, *, names: Iterable[st
                 f" ({', '.join(gated)} gated: accept the licence at "
                 f"{', '.join(sorted({REGISTRY[n].page for n in gated}))} and set HF_TOKEN first)"
             )
+        why = "".join(f" {m}" for m in broken.values())
         raise ModelMissingError(
             f"The '{pipeline}' pipeline needs models that are not installed: {', '.join(missing)} "
-            f"(looked in {Path(root) if root else models_root()}).",
+            f"(looked in {Path(root) if root else models_root()}).{why}",
             hint=hint,
         )
     return found
