@@ -368,3 +368,57 @@ def test_gsplat_1_5_3_never_resets_opacity():
     strategy = make_strategy("default", refine_start_iter=10_000, reset_every=100)
     run_refine_step(strategy, params, optimizers, torch.zeros(n, 2), step=100)
     assert torch.allclose(params["opacities"], torch.full((n,), 3.0))
+
+
+# --------------------------------------------------------------------------- (c) units (issue 15)
+
+
+def _sas_round_on_a_head(k: float):
+    """One SAS densification round (through the training loop) on the METHOD A.1 init of the
+    default head template, the whole scene (head, Gaussians, cameras) scaled by ``k``."""
+    from backend.gaussians.cameras import orbit_cameras
+    from backend.gaussians.loop import LoopConfig, optimise
+    from backend.gaussians.model import GaussianModel
+    from backend.gaussians.render import use_backend
+    from backend.prior.sample import INIT_SCALE, head_unit, init_gaussians
+    from backend.prior.template import build_head
+
+    mesh = build_head()
+    splats = init_gaussians(mesh, n=600, rng=0)  # std-dev 0.02 head units
+    splats.means *= k
+    splats.log_scales += np.float32(math.log(k))
+    model = GaussianModel.from_splats(splats, "paper", total_steps=1)
+    cams = orbit_cameras(3, radius=0.6 * k, elevation_deg=10.0, fov_deg=30.0, width=48, height=48)
+    target = torch.rand(3, 48, 48, 3, generator=torch.Generator().manual_seed(0))
+
+    def term(out, cams, step):
+        return {"photo": ((out.rgb - target) ** 2).mean()}
+
+    # refine at step 0, before any optimiser step; every seen Gaussian counts as "high gradient"
+    strategy = make_strategy(
+        "sas_paper", refine_start_iter=-1, refine_every=1, refine_stop_iter=10, grow_grad2d=1e-12, normal_radius=0.1
+    )
+    torch.manual_seed(0)
+    with use_backend("torch"):
+        optimise(model, LoopConfig(steps=1, scene_scale=k * head_unit(mesh)), lambda step: cams, [term], strategy)
+    init_std = INIT_SCALE * head_unit(mesh) * k
+    return model.params["means"].detach() / k, torch.exp(model.params["scales"].detach()).max(-1).values / init_std
+
+
+@pytest.mark.parametrize("k", [0.5, 3.0])
+def test_sas_densifies_the_same_scene_the_same_at_any_world_scale(k):
+    """SAS's clone/split threshold 0.01 and its initial scale 0.02 are both head units (METHOD
+    A.1, A.3): the same head in other world units (k x) grows the same Gaussians the same way.
+    Before issue 15 the threshold read 0.01 m against a 4.6 mm init (all cloned), so a 3x
+    head (13.8 mm) was split instead."""
+    means_1, rel_1 = _sas_round_on_a_head(1.0)
+    means_k, rel_k = _sas_round_on_a_head(k)
+    assert len(means_k) == len(means_1) > 600
+    torch.testing.assert_close(rel_k, rel_1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(means_k, means_1, rtol=1e-4, atol=1e-6)
+    # 0.02 head units is above 0.01: every grown Gaussian was split (3DGS order, METHOD A.3)
+    # into two children 1.6x smaller; none was cloned at the initial size
+    grown = len(means_1) - 600
+    children = rel_1 < 0.9
+    assert int(children.sum()) == 2 * grown
+    torch.testing.assert_close(rel_1[children], torch.full_like(rel_1[children], 1 / 1.6), rtol=1e-3, atol=0)

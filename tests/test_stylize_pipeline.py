@@ -133,6 +133,30 @@ def test_presets_follow_method_a():
     assert cfg.steps == 300 and style == "ink" and stylize.schedule(cfg).switch_step == 100
 
 
+def test_densifier_thresholds_are_in_head_units(astronaut_image):
+    """Issue 15: the loop runs SAS's densifier with scene_scale = the fitted head's height, so
+    its clone/split threshold (0.01, A.3) is in the units of the initial scale (0.02, A.1)."""
+    from dataclasses import replace
+
+    from backend.face import analyse_face
+    from backend.prior.fit import fit_head
+    from backend.prior.sample import head_unit
+
+    face = analyse_face(astronaut_image)
+    h, w = astronaut_image.shape[:2]
+    fit = fit_head(face.landmarks2d, (w, h), landmarks3d=face.landmarks3d)
+    cfg = stylize.PRESETS["paper"]
+    loop = stylize.loop_config(cfg, fit)
+    assert loop.scene_scale == pytest.approx(head_unit(fit.mesh()), rel=1e-6) and 0.15 < loop.scene_scale < 0.35
+    assert loop.weights == {"loss_sas": 1.0, "loss_mvdream": 0.05} and loop.steps == 3000
+    threshold_m = stylize.make_densifier(cfg).grow_scale3d * loop.scene_scale
+    assert threshold_m == pytest.approx(0.01 * loop.scene_scale)  # 0.01 head units, not 0.01 m
+    init = stylize.template_splats(fit, replace(cfg, n_points=50), seed=0)
+    std = np.exp(init.log_scales).max(-1)
+    np.testing.assert_allclose(std, 0.02 * loop.scene_scale, rtol=1e-5)
+    assert (std > threshold_m).all()  # the A.1 init is "large": split first (3DGS order, A.3)
+
+
 def test_model_cache_keeps_one_model_per_slot():
     cache, built = ModelCache(), []
 

@@ -36,6 +36,9 @@ class LoopConfig:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     absgrad: bool = False
     stage: str = "optimise"
+    # metres per unit of the strategy's 3D scale thresholds (gsplat's state["scene_scale"]):
+    # 1 = metres; the SAS preset's thresholds are in head units, so stylize passes the head's height
+    scene_scale: float = 1.0
 
 
 def render_model(model: GaussianModel, cams, background=None, absgrad: bool = False, **kw) -> RenderOutput:
@@ -68,7 +71,7 @@ def optimise(
     terms = list(terms)
     device = model.means.device
     bg = torch.tensor(cfg.background, dtype=torch.float32, device=device)
-    state = strategy.initialize_state() if strategy is not None else None
+    state = strategy.initialize_state(scene_scale=cfg.scene_scale) if strategy is not None else None
     if strategy is not None:
         strategy.check_sanity(model.params, model.optimizers)
     t0 = time.perf_counter()

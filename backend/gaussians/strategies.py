@@ -18,7 +18,7 @@ dict with ``means2d`` (grad, or ``.absgrad`` with absgrad), ``radii`` [C, N, 2] 
 
     strategy = make_strategy("sas_paper")
     strategy.check_sanity(params, optimizers)
-    state = strategy.initialize_state(scene_scale=1.0)   # head frame: metres
+    state = strategy.initialize_state(scene_scale=head_unit(mesh))   # thresholds in head units
     for step in range(steps):
         out, info = render(...)
         strategy.step_pre_backward(params, optimizers, state, step, info)
@@ -33,7 +33,12 @@ gsplat 1.5.3 quirks worth knowing (tests pin them):
   ``step % reset_every == (0 & step) > 0``, which is always False. ``reset_every`` still
   gates "too big" pruning (only when ``step > reset_every``) and ``pause_refine_after_reset``.
 - Scale thresholds (``grow_scale3d``, ``prune_scale3d``) are multiplied by
-  ``state["scene_scale"]``; we keep ``scene_scale = 1`` so they read in metres.
+  ``state["scene_scale"]`` (``initialize_state(scene_scale=...)``; the training loop passes
+  ``LoopConfig.scene_scale``). SAS's values are in the paper's head units, like its initial
+  scale 0.02 (METHOD A.1): the stylize pipeline sets ``scene_scale`` to the head's height in
+  metres (``backend.prior.sample.head_unit``), so the clone/split threshold reads as 0.01 of
+  the head, whatever the world units. ``SurfaceGuidedStrategy.normal_radius`` scales the same
+  way. Other callers keep ``scene_scale = 1`` (thresholds in metres).
 """
 
 from __future__ import annotations
@@ -253,9 +258,10 @@ class SurfaceGuidedStrategy(DefaultStrategy):
 
     Args (besides DefaultStrategy's):
         knn_k: neighbours for the PCA normal (Eq. 7: 6).
-        normal_radius: only neighbours within this distance count (paper: 0.01 m); ``None``
-          (default) = off. With fewer than 3 neighbours inside it, the Gaussian's own shortest
-          axis is the normal.
+        normal_radius: only neighbours within this distance count (paper, Eq. 7: 0.01), in
+          the units of ``grow_scale3d`` (times ``state["scene_scale"]``); ``None`` (default) =
+          off. With fewer than 3 neighbours inside it, the Gaussian's own shortest axis is the
+          normal.
         paper_clone_split_order: see above.
     """
 
@@ -282,7 +288,8 @@ class SurfaceGuidedStrategy(DefaultStrategy):
         # normals from the centres before any growth; one kNN for all grown Gaussians
         grown = torch.where(is_dupli | is_split)[0]
         normals = torch.zeros_like(params["means"])
-        normals[grown] = surface_normals(params, grown, k=self.knn_k, radius=self.normal_radius)
+        radius = None if self.normal_radius is None else self.normal_radius * state["scene_scale"]
+        normals[grown] = surface_normals(params, grown, k=self.knn_k, radius=radius)
         dupli_idx, split_idx = torch.where(is_dupli)[0], torch.where(is_split)[0]
         # split offsets are drawn first, as gsplat draws them, so seeds line up with DefaultStrategy
         split_off = project_to_tangent(gaussian_offsets(params, split_idx, 2), normals[split_idx])
@@ -310,15 +317,19 @@ STRATEGY_KINDS: dict[str, tuple[type, dict[str, Any]]] = {
 }
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    # SAS (METHOD A.2, A.3)
+    # SAS (METHOD A.2, A.3). Lengths are in head units, as the paper's (its SMPL head; METHOD
+    # A.1's reading: a fraction of the chin-to-crown height): pass scene_scale = the head's
+    # height in metres to initialize_state (LoopConfig.scene_scale; stylize does).
     "sas_paper": (
         "surface",
         {
-            "refine_every": 100,  # A.2: densify every 100 steps
-            "grow_grad2d": 0.0002,  # A.2: beta_E, threshold on E (Eq. 4)
-            "grow_scale3d": 0.01,  # A.3: clone/split scale threshold, metres (scene_scale = 1)
+            "refine_every": 100,  # A.2 (SAS §IV.A.2): densify every 100 steps
+            "grow_grad2d": 0.0002,  # A.2 (SAS §IV.A.2): beta_E, threshold on E (Eq. 4); pixels, no scene scale
+            # A.3 (SAS §IV.A.2, used by Eq. 5-6): clone/split scale threshold 0.01 head units,
+            # the units of the initial scale 0.02 (§IV.A.1): x scene_scale = 2.3 mm on a 0.23 m head
+            "grow_scale3d": 0.01,
             "knn_k": 6,  # A.3 / Eq. 7: 6 nearest neighbours
-            "normal_radius": None,  # A.3: the paper's 0.01 radius is an option, off
+            "normal_radius": None,  # A.3 / Eq. 7: the paper's 0.01 (head units) radius is an option, off
             "paper_clone_split_order": False,  # A.3: we follow 3DGS (split large, clone small)
             "refine_start_iter": 500,  # not in the paper: gsplat / 3DGS default
             "refine_stop_iter": 3000,  # A.2: 3000 iterations, densify throughout

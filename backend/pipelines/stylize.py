@@ -240,13 +240,34 @@ def view_sampler(cfg: StylizePreset, seed: int) -> RandomViewSampler:
 
 
 def make_densifier(cfg: StylizePreset):
-    """strategies.PRESETS["sas_paper"] (A.2-A.3), its cadence scaled to this run's length."""
+    """strategies.PRESETS["sas_paper"] (A.2-A.3), its cadence scaled to this run's length.
+    Its scale thresholds are in head units: run it with :func:`loop_config`'s ``scene_scale``."""
     return make_strategy(
         "sas_paper",
         refine_every=cfg.refine_every,
         refine_start_iter=cfg.refine_start_iter,
         refine_stop_iter=cfg.steps,
         reset_every=max(cfg.steps, 1),
+    )
+
+
+def head_scale(fit) -> float:
+    """Metres per head unit: the fitted template's chin-to-crown height (METHOD A.1's reading
+    of the paper's "head units"; ``backend.prior.sample.head_unit`` of ``fit.mesh()``). The
+    initial scale 0.02 and the clone/split threshold 0.01 (A.3) are both in these units."""
+    return float(fit.params.height)
+
+
+def loop_config(cfg: StylizePreset, fit) -> LoopConfig:
+    """The training loop's settings: A.4/A.5 weights, and the densifier's scene scale set to
+    the head's height so its thresholds (A.3) read in the same units as the init (A.1)."""
+    return LoopConfig(
+        steps=cfg.steps,
+        weights={"loss_sas": SAS_WEIGHT, "loss_mvdream": MVDREAM_WEIGHT},
+        preview_every=cfg.preview_every,
+        background=(1.0, 1.0, 1.0),
+        stage="stylize",
+        scene_scale=head_scale(fit),
     )
 
 
@@ -337,13 +358,7 @@ def stylize(
             )
         )
     sampler = view_sampler(cfg, seed)
-    loop = LoopConfig(
-        steps=cfg.steps,
-        weights={"loss_sas": SAS_WEIGHT, "loss_mvdream": MVDREAM_WEIGHT},
-        preview_every=cfg.preview_every,
-        background=(1.0, 1.0, 1.0),
-        stage="stylize",
-    )
+    loop = loop_config(cfg, face.fit)
     sums: dict[str, float] = {}
 
     def on_step(step: int, losses: dict[str, float]) -> None:
