@@ -373,7 +373,7 @@ def test_load_sv3d_forward(tiny_sv3d_path):
         x = torch.randn(1, frames, 8, 8, 8)
         out = sv.unet(x, torch.tensor([0.7]), encoder_hidden_states=tok, added_time_ids=torch.tensor([[1e-5]])).sample
     assert out.shape == (1, frames, 4, 8, 8) and torch.isfinite(out).all()
-    with pytest.raises(models.ModelCorruptError, match="diffusers layout"):
+    with pytest.raises(models.ModelCorruptError, match="SV3D"):
         models.load_sv3d(tiny_sv3d_path / "unet" / "config.json")
 
 

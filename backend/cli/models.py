@@ -1,9 +1,10 @@
-"""``models check|download``: the pretrained weights (see :mod:`backend.models`)."""
+"""``models check|download|link``: the pretrained weights (see :mod:`backend.models`)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from backend.models import ENV_ROOT, REGISTRY, check, default_download_names, download, format_check, models_root
@@ -16,8 +17,26 @@ def add_parser(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="models_command", required=True)
     c = sub.add_parser("check", help="table of models: present/missing, size, licence, fix")
     c.add_argument("--only", nargs="+", action="extend", metavar="NAME", choices=list(REGISTRY))
-    c.add_argument("--no-verify", action="store_true", help="skip the header check of weight files")
+    c.add_argument(
+        "--no-verify", action="store_true", help="skip reading the weight files' headers (integrity and key layout)"
+    )
     c.set_defaults(func=_cli_check)
+    ln = sub.add_parser(
+        "link",
+        help="find models you already have (A1111, ComfyUI) by their key layout and add them to models.toml",
+    )
+    ln.add_argument(
+        "--from",
+        dest="sources",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="DIR",
+        help="folders to scan, e.g. ~/ComfyUI/models or stable-diffusion-webui/models",
+    )
+    ln.add_argument("--dry-run", action="store_true", help="report what would be linked; write nothing")
+    ln.add_argument("--replace", action="store_true", help="link over models that already work where they are")
+    ln.set_defaults(func=_cli_link)
     d = sub.add_parser("download", help="fetch models (default: every model a pipeline needs)")
     d.add_argument(
         "--only",
@@ -63,3 +82,25 @@ def _cli_download(args: Any) -> int:
             if r.error.hint:
                 print(f"{'':18s} hint: {r.error.hint}", file=sys.stderr)
     return 1 if failed else 0
+
+
+@user_errors
+def _cli_link(args: Any) -> int:
+    from backend.models.link import link
+
+    result = link([Path(p).expanduser() for p in args.sources], dry_run=args.dry_run, replace=args.replace)
+    for name, f in result.linked.items():
+        print(f"linked   {name:18s} {f.path}  ({f.what})")
+    for name, why in result.kept.items():
+        print(f"kept     {name:18s} {why}")
+    for f in result.skipped:
+        print(f"skipped  {f.path}: {f.reason}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.written:
+        print(f"\nwrote [paths] of {result.config}; check them with: python -m backend models check")
+    elif result.linked:
+        print(f"\n(dry run: {result.config} not written)")
+    else:
+        print("\nnothing to link")
+    return 0

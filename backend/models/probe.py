@@ -179,7 +179,21 @@ def probe_sd15_file(path: Path, config_dir: Path | None = None, name: str = "sd1
     """An SD1.5 single file (CompVis/A1111/ComfyUI keys) against the LDM layout of the
     configs in ``config_dir`` (default: SD1.5's, shipped in backend/models/configs/sd15)."""
     index = read_index(path, name) if index is None else index
+    kind = other_sd_family(index)
+    if kind:
+        raise layout_error(name, path, f"it is {kind}, not SD1.5")
     check_shapes(name, path, shapes_of(index), sd15_single_file_expected(config_dir), L.SD_SINGLE_FILE_EXTRAS)
+
+
+def other_sd_family(keys: Iterable[str]) -> str:
+    """A name for a Stable Diffusion single file of another family ("" when none is recognised)."""
+    keys = list(keys)
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        video = any("time_stack" in k or "time_mixer" in k for k in keys)
+        return "an SGM video checkpoint (SVD/SV3D)" if video else "an SDXL-style checkpoint (conditioner.embedders)"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "an SD2.x checkpoint (OpenCLIP text encoder)"
+    return ""
 
 
 def controlnet_prefix(keys: Iterable[str]) -> str | None:

@@ -139,8 +139,9 @@ def _randomise(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.n
     return module
 
 
-def ldm_unet(seed: int = SEED, **over: Any) -> torch.nn.Module:
-    """ldm ``openaimodel.UNetModel`` (spatial transformer, SD1.5 settings unless ``over``)."""
+def ldm_unet(seed: int = SEED, randomise: bool = True, **over: Any) -> torch.nn.Module:
+    """ldm ``openaimodel.UNetModel`` (spatial transformer, SD1.5 settings unless ``over``);
+    ``randomise=False`` keeps ldm's own init (use it on the meta device)."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     kw: dict[str, Any] = dict(
@@ -160,7 +161,8 @@ def ldm_unet(seed: int = SEED, **over: Any) -> torch.nn.Module:
     )
     kw.update(over)
     _seeded(seed)
-    return _randomise(UNetModel(**kw).eval(), seed)
+    unet = UNetModel(**kw).eval()
+    return _randomise(unet, seed) if randomise else unet
 
 
 class LdmAutoencoder(torch.nn.Module):
@@ -395,3 +397,61 @@ def save_mvdream_reference(folder: Path, seed: int = SEED + 5) -> tuple[Path, to
     )
     _write_json(folder / "unet" / "config.json", {"_class_name": "MultiViewUNetModel", **TINY_MVDREAM_LDM})
     return folder, unet
+
+
+# --- full-size layouts without data (for header-level probes and models link) ---------------
+
+
+def write_sparse_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], dtype: str = "F16") -> Path:
+    """A ``.safetensors`` file with a real header for ``shapes`` and no data written (a sparse
+    file of the right length): what the header-level probes and ``models link`` read of a
+    multi-GB checkpoint, at no disk cost."""
+    import struct
+
+    width = {"F16": 2, "BF16": 2, "F32": 4}[dtype]
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for k, shape in shapes.items():
+        n = width
+        for s in shape:
+            n *= int(s)
+        header[k] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)
+    return path
+
+
+def sd15_reference_shapes() -> dict[str, tuple[int, ...]]:
+    """Full-size SD1.5 single-file keys and shapes from the reference modules on the meta
+    device (ldm UNetModel and AutoencoderKL parts per v1-inference.yaml, CLIPTextModel ViT-L/14's
+    text tower), with A1111's usual extras."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from backend.models.probe import SD15_CONFIG_DIR
+
+    with torch.device("meta"):
+        unet = ldm_unet(
+            randomise=False,
+            model_channels=320,
+            attention_resolutions=[4, 2, 1],
+            num_res_blocks=2,
+            channel_mult=[1, 2, 4, 4],
+            context_dim=768,
+        )
+        ae = LdmAutoencoder(128, (1, 2, 4, 4), 2, 4, 4)
+        te = CLIPTextModel(CLIPTextConfig.from_pretrained(SD15_CONFIG_DIR / "text_encoder"))
+    shapes = {}
+    shapes.update({"model.diffusion_model." + k: tuple(v.shape) for k, v in unet.state_dict().items()})
+    shapes.update({"first_stage_model." + k: tuple(v.shape) for k, v in ae.state_dict().items()})
+    text = text_model_keys({k: v for k, v in te.state_dict().items()})
+    shapes.update({"cond_stage_model.transformer." + k: tuple(v.shape) for k, v in text.items()})
+    shapes["cond_stage_model.transformer.text_model.embeddings.position_ids"] = (1, 77)
+    shapes["model_ema.decay"], shapes["model_ema.num_updates"] = (), ()
+    shapes["alphas_cumprod"] = (1000,)
+    return shapes
