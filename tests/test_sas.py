@@ -154,6 +154,38 @@ def test_identity_and_control_change_the_gradient(parts, landmarks):
         assert (_grad(changed, rgb, cams) - full).abs().max() > 1e-3 * full.abs().max()
 
 
+def test_a_hidden_face_gets_zero_controlnet_residuals(parts, landmarks):
+    """METHOD A.4: zero control where the face is hidden. A black condition image is not zero
+    control (the ControlNet's residuals on it are not zero): the view's scale is 0."""
+    term = _term(parts, identity=IDENTITY, landmarks=landmarks)
+    cams = orbit_cameras(2, radius=0.6, elevation_deg=0.0, fov_deg=30.0, width=RES, height=RES)  # az 0, 180
+    cond, scales = term.control(cams)
+    assert scales.tolist() == [1.0, 0.0] and cond[0].any() and not cond[1].any()
+    g = torch.Generator().manual_seed(3)
+    latent, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500, 500])
+    text = term.text[1:].expand(2, -1, -1)
+    down, mid = term.control_residuals(latent, t, text, cond, scales)
+    for r in [*down, mid]:
+        assert r[0].abs().amax() > 0 and not r[1].any()  # frontal: control; back of the head: none
+    # the ControlNet itself answers a black image with non-zero residuals: the scale is what zeroes them
+    raw_down, raw_mid = term.controlnet(
+        latent, t, encoder_hidden_states=text, controlnet_cond=cond, conditioning_scale=1.0, return_dict=False
+    )
+    assert raw_mid[1].abs().amax() > 0 and all(d[1].abs().amax() > 0 for d in raw_down)
+    torch.testing.assert_close(mid[0], raw_mid[0])
+    # the frontal view's residuals follow settings.control_scale; a batch with no face skips the ControlNet
+    half = _term(parts, identity=IDENTITY, landmarks=landmarks, settings=SASSettings(resolution=RES, control_scale=0.5))
+    torch.testing.assert_close(half.control_residuals(latent, t, text, cond, half.control(cams)[1])[1], mid * 0.5)
+    assert term.control_residuals(latent, t, text, cond, torch.zeros(2)) is None
+    # the SAS step with the back view alone equals the step without any ControlNet
+    back = orbit_cameras(2, radius=0.6, elevation_deg=0.0, fov_deg=30.0, width=RES, height=RES)[1:]
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    with_cn = term.target(z, back, 4)[0]
+    assert term.last["control_scale"].tolist() == [0.0]
+    no_cn = _term(parts, identity=IDENTITY, landmarks=None, controlnet=None).target(z, back, 4)[0]
+    torch.testing.assert_close(with_cn, no_cn)
+
+
 def test_text_only_term_is_plain_sd15(parts, tiny_models_root, landmarks):
     plain = models.load_sd15(tiny_models_root / "sd15")
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))

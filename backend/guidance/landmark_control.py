@@ -14,14 +14,18 @@ into each camera and drawn the same way (shared/WEIGHTS.md "ControlNet, MediaPip
 - pupils (iris centres 468 and 473) as filled 4x4 squares;
 - colours (final RGB) in :data:`PART_COLOURS` / :data:`PUPIL_COLOURS`; "left" is the subject's.
 
-A view where the face is not visible gets an all-zero image (METHOD A.4: zero control for
-views with no visible face): the face's forward direction (the head frame's -Y) makes more
-than ``facing_threshold_deg`` with the direction to the camera, or fewer than
-:data:`MIN_VISIBLE` of the drawn landmarks land in the image.
+A view where the face is not visible (:func:`face_visible`) gets an all-zero image and must
+get zero control (METHOD A.4: zero control for views with no visible face): the face's
+forward direction (the head frame's -Y) makes more than ``facing_threshold_deg`` with the
+direction to the camera, or fewer than :data:`MIN_VISIBLE` of the drawn landmarks land in the
+image. A black image alone is not zero control (a ControlNet's residuals on a black image are
+not zero), so :func:`control_condition` also returns each view's visibility, and the SAS term
+scales that view's ControlNet residuals by 0 (``backend.guidance.sd_identity``).
 
 Usage::
 
-    cond = control_images(lm3d, cams)     # [C, 3, H, W] float in [0, 1], ControlNet input
+    cond = control_images(lm3d, cams)             # [C, 3, H, W] float in [0, 1], ControlNet input
+    cond, visible = control_condition(lm3d, cams)  # the same, and [C] bool: scale 0 where False
 """
 
 from __future__ import annotations
@@ -122,6 +126,57 @@ def facing_angle_deg(landmarks: Tensor, cams: Cameras, forward=HEAD_FORWARD) -> 
     return torch.rad2deg(torch.arccos((to_cam @ fwd).clamp(-1.0, 1.0)))
 
 
+def _landmarks(landmarks: Tensor | np.ndarray) -> Tensor:
+    lm = landmarks if isinstance(landmarks, Tensor) else torch.as_tensor(np.asarray(landmarks))
+    if lm.shape != (N_LANDMARKS, 3):
+        raise ValueError(f"landmarks must be [{N_LANDMARKS}, 3] MediaPipe face-mesh points, got {tuple(lm.shape)}")
+    return lm
+
+
+def _projected(lm: Tensor, cams: Cameras) -> Tensor:
+    """Normalised image coordinates [C, N, 2], NaN for points behind the camera."""
+    uv, z = project(lm, cams)
+    return torch.where((z > 1e-6)[..., None], uv, torch.full_like(uv, float("nan")))
+
+
+def _visible(lm: Tensor, uv: Tensor, cams: Cameras, facing_threshold_deg: float, forward) -> Tensor:
+    drawn = torch.as_tensor(_drawn_points(), device=uv.device)
+    inside = ((uv[:, drawn] >= 0) & (uv[:, drawn] <= 1)).all(-1).double().mean(-1)  # [C]
+    return (facing_angle_deg(lm, cams, forward) <= facing_threshold_deg) & (inside >= MIN_VISIBLE)
+
+
+def face_visible(
+    landmarks: Tensor | np.ndarray,
+    cams: Cameras,
+    *,
+    facing_threshold_deg: float = FACING_THRESHOLD_DEG,
+    forward=HEAD_FORWARD,
+) -> Tensor:
+    """[C] bool on ``cams.device``: does each camera see the face (see the module docstring)?"""
+    lm = _landmarks(landmarks)
+    return _visible(lm, _projected(lm, cams), cams, facing_threshold_deg, forward)
+
+
+def control_condition(
+    landmarks: Tensor | np.ndarray,
+    cams: Cameras,
+    *,
+    facing_threshold_deg: float = FACING_THRESHOLD_DEG,
+    forward=HEAD_FORWARD,
+) -> tuple[Tensor, Tensor]:
+    """(ControlNet condition images [C, 3, H, W] float32 in [0, 1], visible [C] bool), both on
+    ``cams.device``, for head-frame landmarks [478, 3]; the image is all zero where the face is
+    not visible, and the caller gives that view conditioning scale 0."""
+    lm = _landmarks(landmarks)
+    uv = _projected(lm, cams)
+    visible = _visible(lm, uv, cams, facing_threshold_deg, forward)
+    out = np.zeros((len(cams), cams.height, cams.width, 3), np.uint8)
+    uv_np = uv.cpu().numpy()
+    for c in np.flatnonzero(visible.cpu().numpy()):
+        out[c] = draw_landmarks(uv_np[c], cams.width, cams.height)
+    return torch.from_numpy(out).to(cams.device).permute(0, 3, 1, 2).float() / 255.0, visible
+
+
 def control_images(
     landmarks: Tensor | np.ndarray,
     cams: Cameras,
@@ -131,17 +186,5 @@ def control_images(
 ) -> Tensor:
     """ControlNet condition images [C, 3, H, W] float32 in [0, 1] (on ``cams.device``) of the
     head-frame landmarks [478, 3] seen by each camera; all zero where the face is not visible
-    (see the module docstring)."""
-    lm = landmarks if isinstance(landmarks, Tensor) else torch.as_tensor(np.asarray(landmarks))
-    if lm.shape != (N_LANDMARKS, 3):
-        raise ValueError(f"landmarks must be [{N_LANDMARKS}, 3] MediaPipe face-mesh points, got {tuple(lm.shape)}")
-    uv, z = project(lm, cams)
-    uv = torch.where((z > 1e-6)[..., None], uv, torch.full_like(uv, float("nan")))
-    drawn = torch.as_tensor(_drawn_points(), device=uv.device)
-    inside = ((uv[:, drawn] >= 0) & (uv[:, drawn] <= 1)).all(-1).double().mean(-1)  # [C]
-    visible = (facing_angle_deg(lm, cams, forward) <= facing_threshold_deg) & (inside >= MIN_VISIBLE)
-    out = np.zeros((len(cams), cams.height, cams.width, 3), np.uint8)
-    uv_np = uv.cpu().numpy()
-    for c in np.flatnonzero(visible.cpu().numpy()):
-        out[c] = draw_landmarks(uv_np[c], cams.width, cams.height)
-    return torch.from_numpy(out).to(cams.device).permute(0, 3, 1, 2).float() / 255.0
+    (see the module docstring; :func:`control_condition` also says which views those are)."""
+    return control_condition(landmarks, cams, facing_threshold_deg=facing_threshold_deg, forward=forward)[0]

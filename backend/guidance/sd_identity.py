@@ -12,8 +12,11 @@ Per call, on the loop's rendered views:
      decoupled cross-attention (Eq. 9–11; the SD1.5 stand-in for InstantID's adapter), passed
      as ``added_cond_kwargs={"image_embeds": [E]}``, ``E`` [2B, 1, 512];
    - both halves: the landmark ControlNet's residuals (control scale 1.0), its condition
-     image the head's landmarks projected into the render camera (all zero for a hidden face,
-     :mod:`backend.guidance.landmark_control`);
+     image the head's landmarks projected into the render camera
+     (:mod:`backend.guidance.landmark_control`). A view with a hidden face (the back of the
+     head) gets control scale 0: its residuals are multiplied by 0 per sample (a black
+     condition image alone still yields non-zero residuals), and a batch with no face seen
+     skips the ControlNet;
 4. ``z' = x̂0`` from ``z_t`` and ε̂ (Eq. 12), mapped onto the style statistics (Eq. 13,
    :func:`backend.guidance.style_stats.whitening_colouring`) when a style is given: ``z'_m``;
 5. ``loss_sas = ½ w(t) ‖z − sg(z'_m)‖²``, w(t) = 1 − ᾱ_t (Eq. 14), in float32.
@@ -48,7 +51,7 @@ from backend.guidance.diffusion import (
     predict_x0,
     sds_weight,
 )
-from backend.guidance.landmark_control import control_images
+from backend.guidance.landmark_control import control_condition
 from backend.guidance.style_stats import StyleStats, text_only, whitening_colouring
 from backend.models import SD15, set_ip_adapter_scale
 
@@ -96,7 +99,8 @@ class SDIdentityGuidance:
     ``device``/``dtype``: where the models live and their dtype (UNet inputs are cast to it;
     the loss is float32); ``seed``: t and noise come from a generator seeded by (seed, step).
     After each call ``last`` holds detached diagnostics: ``t`` [B], ``grad_norm`` (‖w(t)(z −
-    z'_m)‖, the latent gradient's size times the batch) and ``visible`` [B] (views with a face).
+    z'_m)‖, the latent gradient's size times the batch), ``visible`` [B] (views with a face) and
+    ``control_scale`` [B] (the ControlNet's scale per view: 0 where the face is hidden).
     """
 
     def __init__(
@@ -149,13 +153,43 @@ class SDIdentityGuidance:
         state = np.random.SeedSequence([self.seed, int(step), 0]).generate_state(1)[0]
         return torch.Generator().manual_seed(int(state))
 
-    def control_image(self, cams: Cameras) -> Tensor | None:
-        """The ControlNet condition [B, 3, res, res] in [0, 1] for these cameras (None without
-        landmarks)."""
+    def control(self, cams: Cameras) -> tuple[Tensor, Tensor] | None:
+        """(the ControlNet condition [B, 3, res, res] in [0, 1], the conditioning scale per
+        view [B] float32: ``settings.control_scale`` where the face is seen, 0 where it is
+        hidden) for these cameras; None without landmarks."""
         if self.landmarks is None:
             return None
         res = self.settings.resolution
-        return control_images(self.landmarks, resized_cameras(cams, res, res).to(self.device))
+        cond, visible = control_condition(self.landmarks, resized_cameras(cams, res, res).to(self.device))
+        return cond, visible.float() * self.settings.control_scale
+
+    def control_image(self, cams: Cameras) -> Tensor | None:
+        """The ControlNet condition [B, 3, res, res] in [0, 1] for these cameras (None without
+        landmarks)."""
+        control = self.control(cams)
+        return None if control is None else control[0]
+
+    @torch.no_grad()
+    def control_residuals(
+        self, latent: Tensor, t: Tensor, text: Tensor, cond: Tensor, scales: Tensor
+    ) -> tuple[list[Tensor], Tensor] | None:
+        """The ControlNet's (down residuals, mid residual) for a UNet batch ``latent`` [N, 4, h, w]
+        with condition images ``cond`` [N, 3, H, W], each sample's residuals multiplied by its
+        conditioning scale ``scales`` [N] (0: no control for that sample; diffusers'
+        ``conditioning_scale`` is one float for the batch). None when every scale is 0."""
+        if not bool((scales != 0).any()):
+            return None
+        dt = self.controlnet.dtype
+        down, mid = self.controlnet(
+            latent.to(dt),
+            t,
+            encoder_hidden_states=text.to(dt),
+            controlnet_cond=cond.to(self.device, dt),
+            conditioning_scale=1.0,
+            return_dict=False,
+        )
+        w = scales.to(device=mid.device, dtype=mid.dtype).view(-1, 1, 1, 1)
+        return [d * w for d in down], mid * w
 
     def encode(self, rgb: Tensor) -> Tensor:
         """Renders [B, H, W, 3] in [0, 1] -> latents [B, 4, res/8, res/8], differentiable."""
@@ -174,27 +208,23 @@ class SDIdentityGuidance:
         return encode(vae, rgb.to(self.device))
 
     @torch.no_grad()
-    def _eps(self, z_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        """ε̂ with CFG from one batched UNet call (uncond half first)."""
+    def _eps(self, z_t: Tensor, t: Tensor, control: tuple[Tensor, Tensor] | None) -> Tensor:
+        """ε̂ with CFG from one batched UNet call (uncond half first); ``control`` is
+        :meth:`control`'s (condition images [B, ...], scales [B])."""
         b = z_t.shape[0]
         latent = torch.cat([z_t, z_t]).to(self.dtype)
         t_in = torch.cat([t, t])
         text = self.text.repeat_interleave(b, dim=0)  # [2B, 77, D]: B uncond, then B cond
         kwargs = {}
-        if cond is not None:
-            cond = cond.to(self.device, self.controlnet.dtype)
-            down, mid = self.controlnet(
-                latent.to(self.controlnet.dtype),
-                t_in,
-                encoder_hidden_states=text.to(self.controlnet.dtype),
-                controlnet_cond=torch.cat([cond, cond]),
-                conditioning_scale=self.settings.control_scale,
-                return_dict=False,
-            )
-            kwargs = {
-                "down_block_additional_residuals": [d.to(self.dtype) for d in down],
-                "mid_block_additional_residual": mid.to(self.dtype),
-            }
+        if control is not None:
+            cond, scales = control
+            residuals = self.control_residuals(latent, t_in, text, torch.cat([cond, cond]), torch.cat([scales, scales]))
+            if residuals is not None:
+                down, mid = residuals
+                kwargs = {
+                    "down_block_additional_residuals": [d.to(self.dtype) for d in down],
+                    "mid_block_additional_residual": mid.to(self.dtype),
+                }
         unet = self.sd.unet
         if self.identity is not None:
             set_ip_adapter_scale(unet, self.settings.ip_adapter_scale)
@@ -225,11 +255,15 @@ class SDIdentityGuidance:
             noise = torch.randn(z.shape, generator=gen)
         noise = noise.to(self.device, torch.float32)
         z_t = add_noise(z.detach().float(), noise, self.alphas_cumprod, t)
-        cond = self.control_image(cams)
-        eps = self._eps(z_t, t, cond)
+        control = self.control(cams)
+        eps = self._eps(z_t, t, control)
         x0 = predict_x0(z_t, eps, self.alphas_cumprod, t)  # Eq. 12
         target = whitening_colouring(x0, self.style) if self.style is not None else x0  # Eq. 13
-        self.last = {"t": t.detach(), "visible": (cond.flatten(1).amax(1) > 0) if cond is not None else None}
+        self.last = {
+            "t": t.detach(),
+            "visible": (control[0].flatten(1).amax(1) > 0) if control is not None else None,
+            "control_scale": control[1] if control is not None else None,
+        }
         return target, t
 
     def latent_loss(
