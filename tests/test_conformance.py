@@ -409,3 +409,45 @@ def test_diffusers_folders_are_loaded_strictly(tmp_path, tiny_models_root):
         save_file(dict(state, **{"extra.weight": torch.zeros(1)}), str(folder / rel))
         with pytest.raises(models.ModelCorruptError, match=r"1 unexpected keys: (text_model\.)?extra\.weight"):
             loader(folder)
+
+
+def test_clip_vit_l14_layout_and_strict_load(tmp_path):
+    """openai/clip-vit-large-patch14 (eval's CLIP): ``CLIPModel`` keys (older transformers also
+    saved ``*.embeddings.position_ids``, which are ignored), and load_clip refuses a file short
+    of a key that from_pretrained would fill with random values."""
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPConfig, CLIPModel
+
+    from backend.testing import save_tiny_clip
+
+    cfg = {  # openai/clip-vit-large-patch14 config.json: text 768 x 12, vision 1024 x 24, patch 14, projection 768
+        "projection_dim": 768,
+        "text_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+        },  # fmt: skip
+        "vision_config": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "patch_size": 14,
+            "image_size": 224,
+        },  # fmt: skip
+    }
+    with torch.device("meta"):
+        model = CLIPModel(CLIPConfig(**cfg))
+    _assert_same(_shapes(model), L.clip_shapes(cfg))
+    assert L.clip_shapes(cfg)["vision_model.embeddings.position_embedding.weight"] == (257, 1024)
+    folder = save_tiny_clip(tmp_path / "clip")
+    f = folder / "model.safetensors"
+    state = load_file(str(f))
+    state["vision_model.embeddings.position_ids"] = torch.arange(5)[None]  # as older saves have it
+    save_file(state, str(f))
+    models.load_clip(folder)
+    state.pop("visual_projection.weight")
+    save_file(state, str(f))
+    with pytest.raises(models.ModelCorruptError, match="1 missing keys: visual_projection.weight"):
+        models.load_clip(folder)

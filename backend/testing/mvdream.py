@@ -59,91 +59,13 @@ def mvdream_unet_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     - SpatialTransformer (linear proj): ``norm``, ``proj_in``, ``transformer_blocks.0.{attn1,attn2}.
       {to_q,to_k,to_v}`` (no bias), ``.to_out.0``, ``ff.net.0.proj`` (GEGLU, 2x4 widths), ``ff.net.2``,
       ``norm1..3``, ``proj_out``. attn1 is the multi-view self-attention, attn2 the text cross-attention.
+
+    The keys come from :func:`backend.models.layouts.ldm_unet_shapes` (the layout the loader
+    checks), which tests/test_conformance.py holds against the original ldm ``UNetModel``.
     """
-    C = cfg["model_channels"]
-    E = 4 * C
-    ctx = cfg["context_dim"]
-    heads_ch = cfg["num_head_channels"]
-    shapes: dict[str, tuple[int, ...]] = {}
+    from backend.models.layouts import LdmUNet, ldm_unet_shapes
 
-    def lin(prefix, d_in, d_out, bias=True):
-        shapes[f"{prefix}.weight"] = (d_out, d_in)
-        if bias:
-            shapes[f"{prefix}.bias"] = (d_out,)
-
-    def conv(prefix, c_in, c_out, k):
-        shapes[f"{prefix}.weight"] = (c_out, c_in, k, k)
-        shapes[f"{prefix}.bias"] = (c_out,)
-
-    def norm(prefix, c):
-        shapes[f"{prefix}.weight"] = (c,)
-        shapes[f"{prefix}.bias"] = (c,)
-
-    def resblock(prefix, c_in, c_out):
-        norm(f"{prefix}.in_layers.0", c_in)
-        conv(f"{prefix}.in_layers.2", c_in, c_out, 3)
-        lin(f"{prefix}.emb_layers.1", E, c_out)
-        norm(f"{prefix}.out_layers.0", c_out)
-        conv(f"{prefix}.out_layers.3", c_out, c_out, 3)
-        if c_in != c_out:
-            conv(f"{prefix}.skip_connection", c_in, c_out, 1)
-
-    def transformer(prefix, c):
-        inner = (c // heads_ch) * heads_ch
-        norm(f"{prefix}.norm", c)
-        lin(f"{prefix}.proj_in", c, inner)
-        b = f"{prefix}.transformer_blocks.0"
-        for attn, kv in (("attn1", inner), ("attn2", ctx)):
-            lin(f"{b}.{attn}.to_q", inner, inner, bias=False)
-            lin(f"{b}.{attn}.to_k", kv, inner, bias=False)
-            lin(f"{b}.{attn}.to_v", kv, inner, bias=False)
-            lin(f"{b}.{attn}.to_out.0", inner, inner)
-        lin(f"{b}.ff.net.0.proj", inner, 2 * 4 * inner)
-        lin(f"{b}.ff.net.2", 4 * inner, inner)
-        for n in ("norm1", "norm2", "norm3"):
-            norm(f"{b}.{n}", inner)
-        lin(f"{prefix}.proj_out", inner, c)
-
-    lin("time_embed.0", C, E)
-    lin("time_embed.2", E, E)
-    lin("camera_embed.0", cfg["camera_dim"], E)
-    lin("camera_embed.2", E, E)
-    conv("input_blocks.0.0", cfg["in_channels"], C, 3)
-    chans, ch, ds, n = [C], C, 1, 1
-    mults = cfg["channel_mult"]
-    for level, mult in enumerate(mults):
-        for _ in range(cfg["num_res_blocks"]):
-            resblock(f"input_blocks.{n}.0", ch, mult * C)
-            ch = mult * C
-            if ds in cfg["attention_resolutions"]:
-                transformer(f"input_blocks.{n}.1", ch)
-            chans.append(ch)
-            n += 1
-        if level != len(mults) - 1:
-            conv(f"input_blocks.{n}.0.op", ch, ch, 3)
-            chans.append(ch)
-            ds *= 2
-            n += 1
-    resblock("middle_block.0", ch, ch)
-    transformer("middle_block.1", ch)
-    resblock("middle_block.2", ch, ch)
-    n = 0
-    for level, mult in reversed(list(enumerate(mults))):
-        for i in range(cfg["num_res_blocks"] + 1):
-            skip = chans.pop()
-            resblock(f"output_blocks.{n}.0", ch + skip, mult * C)
-            ch = mult * C
-            k = 1
-            if ds in cfg["attention_resolutions"]:
-                transformer(f"output_blocks.{n}.1", ch)
-                k = 2
-            if level and i == cfg["num_res_blocks"]:
-                conv(f"output_blocks.{n}.{k}.conv", ch, ch, 3)
-                ds //= 2
-            n += 1
-    norm("out.0", ch)
-    conv("out.2", C, cfg["out_channels"], 3)
-    return shapes
+    return ldm_unet_shapes(LdmUNet.from_ldm(cfg))
 
 
 def tiny_mvdream_unet_state_dict(cfg: dict | None = None, *, seed: int = SEED + 40) -> dict[str, torch.Tensor]:
