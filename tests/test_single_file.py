@@ -363,3 +363,23 @@ def test_models_link_on_an_a1111_tree_with_ckpt_and_keeps_a_working_model(tmp_pa
     assert models.model_path("sd15") == Path(linked.split()[2])
     sd = models.load_sd15()
     assert sd.path.suffix in (".ckpt", ".safetensors")
+
+
+def test_models_link_finds_sv3d_in_a_checkpoints_folder(tmp_path, monkeypatch, capsys):
+    """SV3D files sit beside SD checkpoints in ComfyUI; their SGM keys and vector width say which
+    variant, and backend.models.sv3d.probe_sv3d (the SV3D loader's own check) confirms it."""
+    sgm = pytest.importorskip("backend.testing.sv3d_sgm", reason="the SV3D single-file factory is not in this tree yet")
+    pytest.importorskip("backend.models.sv3d").probe_sv3d  # noqa: B018 - fails the test if absent
+
+    from backend.cli import main
+
+    ckpts = tmp_path / "ComfyUI" / "models" / "checkpoints"
+    ref.write_sparse_safetensors(ckpts / "sv3d_u.safetensors", sgm.sgm_shapes(sgm.SV3D_U), dtype="F32")
+    ref.write_sparse_safetensors(ckpts / "my_sv3d_p_copy.safetensors", sgm.sgm_shapes(sgm.SV3D_P), dtype="F32")
+    monkeypatch.setenv("PORTRAITSPLAT_MODELS", str(tmp_path / "root"))
+    assert main(["models", "link", "--from", str(ckpts.parent)]) == 0
+    out = capsys.readouterr().out
+    assert f"linked   sv3d_u             {ckpts / 'sv3d_u.safetensors'}" in out
+    assert f"linked   sv3d_p             {ckpts / 'my_sv3d_p_copy.safetensors'}" in out
+    status = {s.name: s for s in models.check(["sv3d_u", "sv3d_p"])}
+    assert all(s.present for s in status.values()), {n: s.problem for n, s in status.items()}
