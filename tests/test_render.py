@@ -1,4 +1,6 @@
-"""CPU reference rasterizer: closed form, finite differences, gsplat-shaped info, gsplat agreement."""
+"""The torch reference rasterizer: closed form, finite differences, gsplat-shaped info, gsplat agreement.
+
+(The CPU tile rasteriser is held to this reference in test_render_cpu.py.)"""
 
 import pytest
 import torch
@@ -110,7 +112,14 @@ def test_info_is_gsplat_shaped_and_means2d_gets_grads():
     n = 200
     means = (torch.randn(n, 3) * 0.05).requires_grad_()
     out = render(
-        means, torch.randn(n, 4), torch.full((n, 3), 0.01), torch.full((n,), 0.5), torch.rand(n, 3), cams, absgrad=True
+        means,
+        torch.randn(n, 4),
+        torch.full((n, 3), 0.01),
+        torch.full((n,), 0.5),
+        torch.rand(n, 3),
+        cams,
+        absgrad=True,
+        backend="torch",
     )
     info = out.info
     assert info["means2d"].shape == (3, n, 2)
@@ -134,7 +143,7 @@ def test_hidden_tail_culling_does_not_change_the_image_or_gradients():
     outs = []
     for cull in (False, True):
         m = d.clone().requires_grad_()
-        o = render(m, q, torch.full((n, 3), 0.012), torch.full((n,), 0.9), c, cam, cull_hidden=cull)
+        o = render(m, q, torch.full((n, 3), 0.012), torch.full((n,), 0.9), c, cam, cull_hidden=cull, backend="torch")
         o.rgb.square().sum().backward()
         outs.append((o.rgb.detach(), m.grad))
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-6, rtol=0)

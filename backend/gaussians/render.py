@@ -1,15 +1,25 @@
-"""One renderer interface: gsplat ``rasterization`` on CUDA, a pure-torch reference on CPU.
+"""One renderer interface: gsplat on CUDA, a compiled tile rasteriser on CPU, a torch reference.
 
-This module is the only caller of ``gsplat.rasterization``. Both paths return the same
-:class:`RenderOutput`, whose ``info`` dict is shaped like gsplat's (``packed=False``) so
-gsplat's densification strategies read it unchanged:
+Backends (``render(..., backend=...)``; ``"auto"`` picks the first that fits the tensors):
+
+    "gsplat"   CUDA: ``gsplat.rasterization`` (this module is its only caller)
+    "numba"    CPU: the tile rasteriser of :mod:`backend.gaussians.raster_cpu`, with an
+               analytic backward; about 25x faster than the reference (bench/bench_render.py)
+    "torch"    any device: the pure-torch pair-list reference below, the oracle the tests
+               hold the other two to
+
+``use_backend("torch")`` (a context manager) changes what ``"auto"`` means inside a block,
+so a pipeline or a check can run the reference without threading an argument through.
+
+All paths return the same :class:`RenderOutput`, whose ``info`` dict is shaped like gsplat's
+(``packed=False``) so gsplat's densification strategies read it unchanged:
 
     info["means2d"]   [C, N, 2]  projected centres in pixels; ``retain_grad`` is set, and
                                  with ``absgrad=True`` ``.absgrad`` is filled by backward
     info["radii"]     [C, N, 2]  int32 half-extents of each splat's screen box (0 = culled)
     info["width"], info["height"], info["n_cameras"], info["gaussian_ids"] (None)
 
-The CPU reference follows gsplat's conventions so that the two agree: pixel centres at
+The CPU paths follow gsplat's conventions so that they agree: pixel centres at
 +0.5, a 0.3 px^2 low-pass added to each 2D covariance (``eps2d``), alpha clamped at 0.99,
 pairs below alpha 1/255 skipped, and a pixel stops accumulating once transmittance would
 fall to 1e-4 or below.
@@ -22,6 +32,9 @@ An optional no-grad pre-pass drops each pixel's hidden tail before the different
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +49,9 @@ if TYPE_CHECKING:  # only for annotations; any object with viewmats, Ks, width, 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99
 T_MIN = 1e-4
+BACKENDS = ("auto", "gsplat", "numba", "torch")
+
+_AUTO: ContextVar[str] = ContextVar("render_backend", default="auto")
 
 
 @dataclass
@@ -56,6 +72,35 @@ def gsplat_available(device: torch.device | str) -> bool:
     return True
 
 
+@contextmanager
+def use_backend(backend: str) -> Iterator[None]:
+    """Inside the block, ``render(..., backend="auto")`` means ``backend``.
+
+    >>> with use_backend("torch"):   # the reference renderer, e.g. for a check
+    ...     out = render(means, quats, scales, opacities, colors, cams)
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown render backend {backend!r}; choose one of {BACKENDS}")
+    token = _AUTO.set(backend)
+    try:
+        yield
+    finally:
+        _AUTO.reset(token)
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The backend ``render`` will use for tensors on ``device``."""
+    if backend == "auto":
+        backend = _AUTO.get()
+    if backend == "auto":
+        if gsplat_available(device):
+            return "gsplat"
+        return "numba" if torch.device(device).type == "cpu" else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown render backend {backend!r}; choose one of {BACKENDS}")
+    return backend
+
+
 def render(
     means: torch.Tensor,  # [N, 3]
     quats: torch.Tensor,  # [N, 4] wxyz (normalised inside)
@@ -70,12 +115,11 @@ def render(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     absgrad: bool = False,
-    backend: str = "auto",  # "auto" | "gsplat" | "torch"
-    cull_hidden: bool = True,
+    backend: str = "auto",  # "auto" | "gsplat" | "numba" | "torch"
+    cull_hidden: bool = True,  # torch only: drop each pixel's hidden tail before autograd
 ) -> RenderOutput:
     """Render splats from every camera. See the module docstring for conventions."""
-    if backend == "auto":
-        backend = "gsplat" if gsplat_available(means.device) else "torch"
+    backend = resolve_backend(backend, means.device)
     if backend == "gsplat":
         return _render_gsplat(
             means,
@@ -91,11 +135,24 @@ def render(
             eps2d,
             absgrad,
         )
-    if backend != "torch":
-        raise ValueError(f"unknown render backend {backend!r}")
     rgb_per_cam = None
     if sh_degree is not None:
         rgb_per_cam = [eval_sh(colors, means, cameras.camera_centers()[c], sh_degree) for c in range(len(cameras))]
+    if backend == "numba":
+        return _render_numba(
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            rgb_per_cam,
+            cameras,
+            background,
+            near_plane,
+            far_plane,
+            eps2d,
+            absgrad,
+        )
     return _render_torch(
         means,
         quats,
@@ -186,30 +243,70 @@ def project(means, quats, scales, viewmat, K, eps2d):
     return z, uv, cov2d
 
 
-def _pairs(uv, radii_xy, valid, order, width, height):
+@dataclass
+class ScreenFootprint:
+    """Where each splat lands on one camera's screen (shared by the CPU backends).
+
+    valid  [N] bool     in front of the near plane, before the far one, on screen, visible
+    radii  [N, 2] int32 half-extents of the pixel box, 0 where not valid (gsplat's ``radii``)
+    boxes  [N, 4] long  half-open pixel ranges x0, x1, y0, y1 clipped to the image; empty
+                        (all 0) where not valid
+    conic  [N, 3]       inverse 2D covariance (xx, xy, yy), differentiable; 0 where not valid
+    """
+
+    valid: torch.Tensor
+    radii: torch.Tensor
+    boxes: torch.Tensor
+    conic: torch.Tensor
+
+
+def screen_footprint(z, uv, cov2d, opacities, width: int, height: int, near: float, far: float) -> ScreenFootprint:
+    """Pixel boxes and conics of projected splats (``project``'s outputs).
+
+    Box half-extents are 3.33 sigma (gsplat), tightened to where opacity * exp(-q/2) >= 1/255;
+    pixel (px, py) has its centre at (px + 0.5, py + 0.5) and is inside when that centre is.
+    """
+    a, b, d = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
+    det = a * d - b * b
+    with torch.no_grad():
+        k = torch.sqrt(2.0 * torch.log((opacities.detach() / ALPHA_MIN).clamp(min=1.0))).clamp(max=3.33)
+        rx, ry = k * a.detach().clamp(min=0).sqrt(), k * d.detach().clamp(min=0).sqrt()
+        zd = z.detach()
+        valid = (zd > near) & (zd < far) & (det.detach() > 0) & torch.isfinite(det.detach()) & (k > 0)
+        u, v = uv.detach().unbind(-1)
+        valid &= (u + rx > 0) & (u - rx < width) & (v + ry > 0) & (v - ry < height)
+        rad = torch.stack([rx.ceil(), ry.ceil()], -1).clamp(min=0, max=2**30)
+        radii = torch.where(valid[:, None], rad, torch.zeros_like(rad)).to(torch.int32)
+        x0 = (u - rx - 0.5).ceil().clamp(0, width)
+        x1 = (u + rx - 0.5).floor().add(1).clamp(0, width)
+        y0 = (v - ry - 0.5).ceil().clamp(0, height)
+        y1 = (v + ry - 0.5).floor().add(1).clamp(0, height)
+        boxes = torch.stack([x0, x1, y0, y1], -1).nan_to_num(0.0).long() * valid[:, None]
+    # safe denominators: a culled splat's conic is 0 and gets a zero (not NaN) gradient
+    safe = torch.where(valid, det, torch.ones_like(det))
+    conic = torch.stack([d, -b, a], -1) / safe[:, None]
+    conic = torch.where(valid[:, None], conic, torch.zeros_like(conic))
+    return ScreenFootprint(valid, radii, boxes, conic)
+
+
+def _pairs(boxes, valid, order, width):
     """Expand each valid splat's pixel box into (pixel, splat) pairs, sorted by pixel then depth.
 
     ``order`` lists splat ids front to back. Returns pixel ids [P] and splat ids [P].
     """
     ids = order[valid[order]]  # valid splats, front to back
-    cx, cy = uv[ids, 0].detach(), uv[ids, 1].detach()
-    rx, ry = radii_xy[ids, 0], radii_xy[ids, 1]
-    # pixel (px, py) has its centre at (px + 0.5, py + 0.5)
-    x0 = (cx - rx - 0.5).ceil().clamp(0, width).long()
-    x1 = (cx + rx - 0.5).floor().add(1).clamp(0, width).long()
-    y0 = (cy - ry - 0.5).ceil().clamp(0, height).long()
-    y1 = (cy + ry - 0.5).floor().add(1).clamp(0, height).long()
+    x0, x1, y0, y1 = boxes[ids].unbind(-1)
     w, h = (x1 - x0).clamp(min=0), (y1 - y0).clamp(min=0)
     counts = w * h
     keep = counts > 0
     ids, x0, y0, w, counts = ids[keep], x0[keep], y0[keep], w[keep], counts[keep]
     total = int(counts.sum())
     if total == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=uv.device)
+        empty = torch.zeros(0, dtype=torch.long, device=boxes.device)
         return empty, empty
-    rank = torch.repeat_interleave(torch.arange(len(ids), device=uv.device), counts)  # depth rank of each pair
+    rank = torch.repeat_interleave(torch.arange(len(ids), device=boxes.device), counts)  # depth rank of each pair
     start = torch.cumsum(counts, 0) - counts
-    k = torch.arange(total, device=uv.device) - start[rank]
+    k = torch.arange(total, device=boxes.device) - start[rank]
     wr = w[rank]
     pix = (y0[rank] + k // wr) * width + (x0[rank] + k % wr)
     # one sort on (pixel, depth rank): pixels ascending, front to back inside each pixel
@@ -240,53 +337,83 @@ def _composite_weights(alpha_raw, pix):
     return (alpha * T.to(alpha.dtype)) * alive, alive, T
 
 
+def _project_all(means, quats, scales, cameras, eps2d, absgrad):
+    """Every camera's projection, and the ``means2d`` [C, N, 2] gsplat's strategies read."""
+    dt = means.dtype
+    projections = [
+        project(means, quats, scales, cameras.viewmats[c].to(dt), cameras.Ks[c].to(dt), eps2d)
+        for c in range(len(cameras))
+    ]
+    means2d = torch.stack([uv for _, uv, _ in projections])  # [C, N, 2]
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    if absgrad:
+        means2d.absgrad = torch.zeros(means2d.shape, dtype=dt, device=means.device)
+    return projections, means2d
+
+
+def _info(projections, means2d, radii, cameras) -> dict:
+    return {
+        "means2d": means2d,
+        "radii": torch.stack(radii),
+        "width": cameras.width,
+        "height": cameras.height,
+        "n_cameras": len(cameras),
+        "gaussian_ids": None,
+        "depths": torch.stack([p[0] for p in projections]).detach(),
+    }
+
+
 def _render_torch(
     means, quats, scales, opacities, colors, rgb_per_cam, cameras, background, near, far, eps2d, absgrad, cull_hidden
 ):
     C, W, H = len(cameras), cameras.width, cameras.height
-    N = means.shape[0]
     dev = means.device
-    projections = [project(means, quats, scales, cameras.viewmats[c], cameras.Ks[c], eps2d) for c in range(C)]
-    means2d = torch.stack([uv for _, uv, _ in projections])  # [C, N, 2]
-    if means2d.requires_grad:
-        means2d.retain_grad()
-    absgrad_buf = torch.zeros(C, N, 2, device=dev) if absgrad else None
-    if absgrad:
-        means2d.absgrad = absgrad_buf
-    radii = torch.zeros(C, N, 2, dtype=torch.int32, device=dev)
-    rgbs, alphas, depths = [], [], []
-    bg = torch.zeros(3, device=dev) if background is None else background.to(dev)
+    projections, means2d = _project_all(means, quats, scales, cameras, eps2d, absgrad)
+    absgrad_buf = means2d.absgrad if absgrad else None
+    radii, rgbs, alphas, depths = [], [], [], []
+    bg = torch.zeros(3, dtype=means.dtype, device=dev) if background is None else background.to(dev)
     for c in range(C):
         z, _, cov2d = projections[c]
         uv = means2d[c]
-        a, b, d = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
-        det = a * d - b * b
+        fp = screen_footprint(z, uv, cov2d, opacities, W, H, near, far)
+        radii.append(fp.radii)
         with torch.no_grad():
-            # Box half-extents: 3.33 sigma (gsplat), tightened to where opacity * exp(-q/2) >= 1/255.
-            k = torch.sqrt(2.0 * torch.log((opacities.detach() / ALPHA_MIN).clamp(min=1.0))).clamp(max=3.33)
-            rx, ry = k * a.detach().sqrt(), k * d.detach().sqrt()
-            valid = (z.detach() > near) & (z.detach() < far) & (det.detach() > 0) & (k > 0)
-            u, v = uv.detach().unbind(-1)
-            valid &= (u + rx > 0) & (u - rx < W) & (v + ry > 0) & (v - ry < H)
-            rad = torch.stack([rx.ceil(), ry.ceil()], -1).clamp(min=0, max=2**30)
-            radii[c] = torch.where(valid[:, None], rad, torch.zeros_like(rad)).to(torch.int32)
             order = torch.argsort(z.detach())
-            pix, gid = _pairs(uv, torch.stack([rx, ry], -1), valid, order, W, H)
-        conic = torch.stack([d / det, -b / det, a / det], -1)  # [N, 3] inverse covariance (xx, xy, yy)
+            pix, gid = _pairs(fp.boxes, fp.valid, order, W)
         color = colors if rgb_per_cam is None else rgb_per_cam[c]
-        rgb, alpha, depth = _blend(pix, gid, uv, conic, opacities, color, z, W, H, absgrad_buf, c, cull_hidden)
+        rgb, alpha, depth = _blend(pix, gid, uv, fp.conic, opacities, color, z, W, H, absgrad_buf, c, cull_hidden)
         rgbs.append(rgb + (1.0 - alpha) * bg)
         alphas.append(alpha)
         depths.append(depth / alpha.clamp(min=1e-10))
-    info = {
-        "means2d": means2d,
-        "radii": radii,
-        "width": W,
-        "height": H,
-        "n_cameras": C,
-        "gaussian_ids": None,
-        "depths": torch.stack([p[0] for p in projections]).detach(),
-    }
+    info = _info(projections, means2d, radii, cameras)
+    return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths), info)
+
+
+# ------------------------------------------------------------------------------ numba
+def _render_numba(means, quats, scales, opacities, colors, rgb_per_cam, cameras, background, near, far, eps2d, absgrad):
+    """The same projection and footprints as the reference; compositing by raster_cpu's kernels."""
+    from .raster_cpu import composite
+
+    if means.device.type != "cpu":
+        raise ValueError(f"the numba renderer runs on CPU tensors, got {means.device}; use backend='auto'")
+    C, W, H = len(cameras), cameras.width, cameras.height
+    projections, means2d = _project_all(means, quats, scales, cameras, eps2d, absgrad)
+    radii, rgbs, alphas, depths = [], [], [], []
+    bg = torch.zeros(3, dtype=means.dtype) if background is None else background
+    for c in range(C):
+        z, _, cov2d = projections[c]
+        uv = means2d[c]
+        fp = screen_footprint(z, uv, cov2d, opacities, W, H, near, far)
+        radii.append(fp.radii)
+        color = colors if rgb_per_cam is None else rgb_per_cam[c]
+        feat = torch.cat([color, z[:, None].to(color.dtype)], -1)  # [N, K + 1]: colour, then depth
+        absgrad_out = means2d.absgrad[c] if absgrad else None
+        acc, alpha = composite(uv, fp.conic, opacities, feat, fp.boxes, z, W, H, absgrad_out)
+        rgbs.append(acc[..., :-1] + (1.0 - alpha) * bg)
+        alphas.append(alpha)
+        depths.append(acc[..., -1:] / alpha.clamp(min=1e-10))
+    info = _info(projections, means2d, radii, cameras)
     return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths), info)
 
 
