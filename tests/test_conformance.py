@@ -190,21 +190,66 @@ def test_taesd_layout_as_read_from_madebyollin_source():
     diffusers' AutoencoderTiny (the layout of the hub's diffusion_pytorch_model.safetensors)
     keeps the encoder indices and has no Clamp layer (it clamps in forward), so every decoder
     index is taesd.py's minus one."""
+    expected = {}
+    for part, (keys, shift) in _taesd_py_layout().items():
+        for k, shape in keys.items():
+            idx, _, tail = k.partition(".")
+            expected[f"{part}.layers.{int(idx) + shift}.{tail}"] = shape
+    _assert_same(L.autoencoder_tiny_shapes({}), expected)
+
+
+def _taesd_py_layout() -> dict[str, tuple[dict[str, tuple[int, ...]], int]]:
+    """taesd.py's ``taesd_encoder``/``taesd_decoder`` state-dict keys (its own Sequential indices),
+    as read from madebyollin/taesd taesd.py lines 30-47, with the index shift to diffusers'."""
     enc_layers = ["conv3"] + ["block"] + (["conv_nb"] + ["block"] * 3) * 3 + ["conv_out"]
     dec_layers = ["clamp", "conv_in", "relu"] + (["block"] * 3 + ["up", "conv_nb"]) * 3 + ["block", "conv_final"]
-    expected: dict[str, tuple[int, ...]] = {}
+    out = {}
     for part, layers, shift in (("encoder", enc_layers, 0), ("decoder", dec_layers, -1)):
+        keys: dict[str, tuple[int, ...]] = {}
         for i, kind in enumerate(layers):
-            p = f"{part}.layers.{i + shift}"
             if kind == "block":
                 for j in (0, 2, 4):
-                    expected[f"{p}.conv.{j}.weight"], expected[f"{p}.conv.{j}.bias"] = (64, 64, 3, 3), (64,)
+                    keys[f"{i}.conv.{j}.weight"], keys[f"{i}.conv.{j}.bias"] = (64, 64, 3, 3), (64,)
             elif kind == "conv_nb":
-                expected[f"{p}.weight"] = (64, 64, 3, 3)
+                keys[f"{i}.weight"] = (64, 64, 3, 3)
             elif kind in ("conv3", "conv_in", "conv_out", "conv_final"):
                 c_in, c_out = {"conv3": (3, 64), "conv_in": (4, 64), "conv_out": (64, 4), "conv_final": (64, 3)}[kind]
-                expected[f"{p}.weight"], expected[f"{p}.bias"] = (c_out, c_in, 3, 3), (c_out,)
-    _assert_same(L.autoencoder_tiny_shapes({}), expected)
+                keys[f"{i}.weight"], keys[f"{i}.bias"] = (c_out, c_in, 3, 3), (c_out,)
+        out[part] = (keys, shift)
+    return out
+
+
+def test_taesd_py_files_from_comfyui_vae_approx_load_like_the_diffusers_copy(tmp_path, monkeypatch):
+    """ComfyUI keeps TAESD as taesd.py's two files (models/vae_approx/taesd_encoder.safetensors,
+    taesd_decoder.safetensors); they load into the same AutoencoderTiny as madebyollin/taesd's
+    diffusers file holding the same tensors (mapped here by the index shift read from taesd.py)."""
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(7)
+    diffusers_state = {}
+    approx = tmp_path / "ComfyUI" / "models" / "vae_approx"
+    for part, (keys, shift) in _taesd_py_layout().items():
+        tensors = {k: torch.randn(shape, generator=gen) * 0.05 for k, shape in keys.items()}
+        ref.save_file_state(tensors, approx / f"taesd_{part}.safetensors")
+        for k, t in tensors.items():
+            idx, _, tail = k.partition(".")
+            diffusers_state[f"{part}.layers.{int(idx) + shift}.{tail}"] = t
+    hub = tmp_path / "taesd"
+    AutoencoderTiny().save_pretrained(hub)
+    save_file(diffusers_state, str(hub / "diffusion_pytorch_model.safetensors"))
+    a, b = models.load_taesd(approx), models.load_taesd(hub)
+    img, z = torch.rand(1, 3, 64, 64) * 2 - 1, torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(a.encode(img).latents, b.encode(img).latents)
+        torch.testing.assert_close(a.decode(z).sample, b.decode(z).sample)
+    monkeypatch.setenv("PORTRAITSPLAT_MODEL_TAESD", str(approx))  # an override at the vae_approx folder
+    (status,) = models.check(["taesd"], root=tmp_path / "root")
+    assert status.present and status.path == approx, status.problem
+    (approx / "taesd_decoder.safetensors").unlink()
+    save_file({"0.weight": torch.zeros(64, 4, 3, 3)}, str(approx / "taesd_decoder.safetensors"))
+    with pytest.raises(models.ModelCorruptError, match="missing keys"):
+        models.load_taesd(approx)
 
 
 def test_ip_adapter_layout_matches_tencent_reference_modules():

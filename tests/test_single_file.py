@@ -295,7 +295,15 @@ def _comfy_tree(base: Path, full_sd15_shapes) -> Path:
     ipa.update({"ip_adapter." + k: tuple(v.shape) for k, v in layers.state_dict().items()})
     ref.write_sparse_safetensors(m / "ipadapter" / "ip-adapter-faceid_sd15.safetensors", ipa)
     ref.write_sparse_safetensors(m / "loras" / "ip-adapter-faceid_sd15_lora.safetensors", {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (128, 320)})  # fmt: skip
-    ref.write_sparse_safetensors(m / "vae_approx" / "taesd_decoder.safetensors", {"0.weight": (64, 4, 3, 3), "1.conv.0.weight": (64, 64, 3, 3)})  # fmt: skip
+    from backend.models import layouts as L
+
+    taesd = {"encoder": {}, "decoder": {}}  # taesd.py's files (the mapping is checked in test_conformance)
+    for key, shape in L.autoencoder_tiny_shapes({}).items():
+        part, k = L.taesd_py_key(key)
+        taesd[part][k] = shape
+    ref.write_sparse_safetensors(m / "vae_approx" / "taesd_encoder.safetensors", taesd["encoder"], dtype="F32")
+    ref.write_sparse_safetensors(m / "vae_approx" / "taesd_decoder.safetensors", taesd["decoder"], dtype="F32")
+    ref.write_sparse_safetensors(m / "vae_approx" / "taesdxl_decoder.safetensors", {"0.weight": (64, 4, 3, 3), "1.conv.0.weight": (64, 64, 3, 3)})  # fmt: skip
     (m / "checkpoints" / "half_downloaded.safetensors").write_bytes(b"\x10\x00")
     return m
 
@@ -313,19 +321,19 @@ def test_models_link_recognises_a_comfyui_tree_by_layout(tmp_path, monkeypatch, 
         "sd15": str(comfy / "checkpoints" / "v1-5-pruned-emaonly.safetensors"),
         "controlnet_face": str(comfy / "controlnet" / "control_v2p_sd15_mediapipe_face.safetensors"),
         "ip_adapter_faceid": str(comfy / "ipadapter" / "ip-adapter-faceid_sd15.safetensors"),
+        "taesd": str(comfy / "vae_approx"),
     }
     skipped = {Path(ln.split(": ", 1)[0].split()[1]).name: ln.split(": ", 1)[1] for ln in out.splitlines() if ln.startswith("skipped ")}  # fmt: skip
     assert "also fits sd15" in skipped["dreamshaper_8.safetensors"]
     assert "SDXL" in skipped["sd_xl_base_1.0.safetensors"]
     assert "does not say MediaPipe face" in skipped["control_v11p_sd15_canny.safetensors"]
     assert "LoRA" in skipped["ip-adapter-faceid_sd15_lora.safetensors"]
-    assert "taesd.py" in skipped["taesd_decoder.safetensors"]
     assert "unreadable" in skipped["half_downloaded.safetensors"]
     import tomllib
 
     paths = tomllib.loads((root / "models.toml").read_text())["paths"]
     assert paths == linked
-    status = {s.name: s for s in models.check(["sd15", "controlnet_face", "ip_adapter_faceid"])}
+    status = {s.name: s for s in models.check(["sd15", "controlnet_face", "ip_adapter_faceid", "taesd"])}
     assert all(s.present and s.origin == "config" for s in status.values()), {n: s.problem for n, s in status.items()}
     # a second run keeps what already works, and a config's other entries survive
     (root / "models.toml").write_text((root / "models.toml").read_text() + '\n[extra]\nnote = "kept"\n')

@@ -317,6 +317,16 @@ def autoencoder_tiny_shapes(cfg: Mapping) -> Shapes:
     return dict(s)
 
 
+def taesd_py_key(diffusers_key: str) -> tuple[str, str]:
+    """madebyollin's taesd.py layout (``taesd_encoder.pth``/``taesd_decoder.pth``, ComfyUI's
+    ``models/vae_approx/``) of an ``AutoencoderTiny`` key: ``("encoder"|"decoder", key)``. Its
+    Encoder is the same ``nn.Sequential`` without the ``encoder.layers.`` prefix; its Decoder has a
+    parameter-free ``Clamp`` first, so every index is diffusers' plus one (taesd.py lines 30-47)."""
+    part, _, rest = diffusers_key.partition(".layers.")
+    idx, _, tail = rest.partition(".")
+    return part, f"{int(idx) + (1 if part == 'decoder' else 0)}.{tail}"
+
+
 # --- transformers CLIP ---------------------------------------------------------------------
 
 

@@ -116,8 +116,8 @@ def identify_file(path: Path) -> Found:
         found.reason = "a VAE on its own (we use the VAE inside the SD1.5 checkpoint)"
     elif "1.conv.0.weight" in index and index.get("0.weight", TensorInfo((), "")).shape[:2] in ((64, 3), (64, 4)):
         found.reason = (
-            "a TAESD encoder/decoder in taesd.py's format; we read madebyollin/taesd's diffusers layout "
-            "(python -m backend models download --only taesd)"
+            "one half of a TAESD in taesd.py's format: its folder is linked when it holds "
+            "taesd_encoder and taesd_decoder for SD (not SDXL/SD3/FLUX)"
         )
     else:
         found.reason = f"not a model we use ({len(keys)} tensors, e.g. {keys[0]})"
@@ -166,6 +166,14 @@ def identify_folder(folder: Path) -> Found | None:
             if name is None:
                 found.reason = f"a diffusers pipeline we do not use ({cls or 'no _class_name'})"
                 return found
+        elif probes.taesd_py_files(folder) is not None and not config_file.is_file():
+            try:
+                probes.probe_taesd_py(folder)
+            except ModelCorruptError as exc:
+                found.reason = f"taesd.py files, but not SD's TAESD ({_why(exc)})"
+                return found
+            found.name, found.what = "taesd", "TAESD (taesd.py encoder + decoder files)"
+            return found
         elif config_file.is_file():
             cls = str(json.loads(config_file.read_text()).get("_class_name", ""))
             name = {"ControlNetModel": "controlnet_face", "AutoencoderTiny": "taesd"}.get(cls)

@@ -307,10 +307,15 @@ def load_clip(path: Path | str | None = None, *, device: str = "cpu") -> tuple[A
 
 
 def load_taesd(path: Path | str | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu") -> Any:
-    """``diffusers.AutoencoderTiny`` (latents already in the UNet's scale)."""
+    """``diffusers.AutoencoderTiny`` (latents already in the UNet's scale), from madebyollin/taesd's
+    diffusers folder or from a folder with taesd.py's ``taesd_encoder``/``taesd_decoder`` files
+    (ComfyUI's ``models/vae_approx/``), mapped onto the same module."""
     from diffusers import AutoencoderTiny
 
     folder = _path_for("taesd", path)
+    if folder.is_dir() and not (folder / "config.json").is_file() and probes.taesd_py_files(folder):
+        vae = _load("taesd", folder, lambda: _taesd_from_py_files(folder, dtype), lambda: probes.probe_taesd_py(folder))
+        return vae.eval().requires_grad_(False).to(device)
     vae = _load(
         "taesd",
         folder,
@@ -318,6 +323,23 @@ def load_taesd(path: Path | str | None = None, *, dtype: torch.dtype | None = No
         lambda: probes.probe_diffusers_component("taesd", folder, "taesd"),
     )
     return vae.eval().requires_grad_(False).to(device)
+
+
+def _taesd_from_py_files(folder: Path, dtype: torch.dtype | None) -> Any:
+    """SD's TAESD (``AutoencoderTiny`` defaults are madebyollin/taesd's config) from taesd.py files."""
+    from diffusers import AutoencoderTiny
+
+    from .single_file import read_state_dict
+
+    files = probes.taesd_py_files(folder) or {}
+    parts = {part: read_state_dict(f, "taesd") for part, f in files.items()}
+    vae = AutoencoderTiny()
+    state = {}
+    for key in vae.state_dict():
+        part, k = L.taesd_py_key(key)
+        state[key] = parts[part][k]
+    vae.load_state_dict(state, strict=True)
+    return vae.to(dtype) if dtype is not None else vae
 
 
 @dataclass

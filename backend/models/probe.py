@@ -158,6 +158,44 @@ def probe_diffusers_component(name: str | None, folder: Path, kind: str) -> None
         raise layout_error(name, folder / "config.json", f"an unusable config ({exc!r:.120})") from exc
 
 
+#: ComfyUI's ``models/vae_approx/`` holds TAESD as taesd.py's two files.
+TAESD_PY_STEMS = ("taesd_encoder", "taesd_decoder")
+
+
+def taesd_py_files(folder: Path) -> dict[str, Path] | None:
+    """``{"encoder": file, "decoder": file}`` when ``folder`` holds taesd.py's SD files
+    (``taesd_encoder``/``taesd_decoder`` ``.safetensors`` or ``.pth``), else None."""
+    out = {}
+    for part, stem in zip(("encoder", "decoder"), TAESD_PY_STEMS):
+        hits = [Path(folder) / f"{stem}{sfx}" for sfx in (".safetensors", ".pth")]
+        hits = [h for h in hits if h.is_file()]
+        if not hits:
+            return None
+        out[part] = hits[0]
+    return out
+
+
+def probe_taesd_py(folder: Path, name: str = "taesd") -> None:
+    """taesd.py's encoder/decoder files against ``AutoencoderTiny``'s layout (SD's TAESD)."""
+    files = taesd_py_files(folder)
+    if files is None:
+        raise layout_error(name, folder, "no taesd_encoder/taesd_decoder files in it")
+    expected: dict[str, dict[str, tuple[int, ...]]] = {"encoder": {}, "decoder": {}}
+    for key, shape in L.autoencoder_tiny_shapes({}).items():
+        part, k = L.taesd_py_key(key)
+        expected[part][k] = shape
+    for part, f in files.items():
+        check_shapes(name, f, shapes_of(read_index(f, name)), expected[part])
+
+
+def probe_taesd(folder: Path, name: str = "taesd") -> None:
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() and taesd_py_files(folder) is not None:
+        probe_taesd_py(folder, name)
+    else:
+        probe_diffusers_component(name, folder, "taesd")
+
+
 def probe_sd15_folder(folder: Path, name: str = "sd15") -> None:
     for sub, kind in (("unet", "unet"), ("vae", "vae"), ("text_encoder", "text_encoder")):
         probe_diffusers_component(name, Path(folder) / sub, kind)
@@ -307,7 +345,7 @@ PROBES: dict[str, Callable[[Path, Mapping[str, Any]], None]] = {
     "controlnet_face": _controlnet,
     "ip_adapter_faceid": _ip_adapter,
     "mvdream": lambda p, ctx: probe_mvdream(p),
-    "taesd": lambda p, ctx: probe_diffusers_component("taesd", p, "taesd"),
+    "taesd": lambda p, ctx: probe_taesd(p),
     "clip_vit_l14": lambda p, ctx: probe_diffusers_component("clip_vit_l14", p, "clip"),
     "sv3d_u": _sv3d("sv3d_u"),
     "sv3d_p": _sv3d("sv3d_p"),

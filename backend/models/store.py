@@ -55,6 +55,11 @@ SINGLE_FILE_MODELS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Another on-disk layout a model folder may have instead of ``spec.required``: TAESD as
+#: taesd.py's two files (ComfyUI ``models/vae_approx/``).
+ALTERNATIVE_LAYOUTS: dict[str, tuple[str, ...]] = {"taesd": ("taesd_encoder.*", "taesd_decoder.*")}
+
+
 def config_path(root: Path | None = None) -> Path:
     """The model config file: ``$PORTRAITSPLAT_MODELS_CONFIG`` or ``<root>/models.toml``."""
     cfg = os.environ.get(ENV_CONFIG)
@@ -106,6 +111,9 @@ def _missing_files(spec: ModelSpec, folder: Path) -> list[str]:
         return []
     if not folder.is_dir():
         return list(spec.required) or ["(folder)"]
+    alt = ALTERNATIVE_LAYOUTS.get(spec.name)
+    if alt and all(any(p.is_file() for p in folder.glob(pat)) for pat in alt):
+        return []
     return [pat for pat in spec.required if not any(p.is_file() for p in folder.glob(pat))]
 
 
