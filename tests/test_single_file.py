@@ -159,6 +159,9 @@ def test_env_override_to_a_single_file_loads_with_no_hub(
         down, mid = net(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=emb, controlnet_cond=torch.rand(1, 3, 64, 64), return_dict=False)  # fmt: skip
         out = sd.unet(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=emb, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample  # fmt: skip
     assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+    half = models.load_sd15(dtype=torch.bfloat16)
+    assert half.unet.dtype == half.vae.dtype == half.text_encoder.dtype == torch.bfloat16
+    assert models.load_controlnet(dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
 def test_a_pickle_that_runs_code_is_refused_not_executed(tmp_path, tiny_files, tiny_configs_are_sd15):

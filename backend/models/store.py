@@ -212,7 +212,11 @@ class ModelStatus:
         if self.present:
             return ""
         cmd = self.spec.download_command
-        return f"accept licence at {self.spec.page}, set HF_TOKEN, then {cmd}" if self.spec.gated else cmd
+        fix = f"accept licence at {self.spec.page}, set HF_TOKEN, then {cmd}" if self.spec.gated else cmd
+        if self.origin != "default" and self.problem != "missing":
+            where = f"{ENV_PREFIX}{self.name.upper()}" if self.origin == "env" else "its entry in models.toml [paths]"
+            fix = f"point {where} at a matching file, or {fix}"
+        return fix
 
 
 def _folder_size(folder: Path) -> int:
