@@ -496,3 +496,30 @@ def test_clip_vit_l14_layout_and_strict_load(tmp_path):
     save_file(state, str(f))
     with pytest.raises(models.ModelCorruptError, match="1 missing keys: visual_projection.weight"):
         models.load_clip(folder)
+
+
+def test_sd15_folder_with_pre_0_14_vae_attention_names(tmp_path, tiny_models_root):
+    """VAE files saved by diffusers before 0.14 name the mid-block attention query/key/value/
+    proj_attn; diffusers still renames them on load (ModelMixin._fix_state_dict_keys_on_load),
+    so the probe accepts them too, and the loaded VAE is the same."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sd15"
+    shutil.copytree(tiny_models_root / "sd15", folder)
+    f = folder / "vae" / "diffusion_pytorch_model.fp16.safetensors"
+    state = load_file(str(f))
+    legacy = {}
+    for k, v in state.items():
+        for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
+            k = k.replace(f"attentions.0.{new}.", f"attentions.0.{old}.")
+        legacy[k] = v
+    assert "encoder.mid_block.attentions.0.query.weight" in legacy and legacy.keys() != state.keys()
+    save_file(legacy, str(f))
+    probes.probe_sd15_folder(folder)
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        a = models.load_sd15(folder).vae.decode(z).sample
+        b = models.load_sd15(tiny_models_root / "sd15").vae.decode(z).sample
+    torch.testing.assert_close(a, b)
