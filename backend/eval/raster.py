@@ -18,6 +18,7 @@ import torch
 
 from ..gaussians.cameras import Cameras
 from ..gaussians.model import GaussianModel
+from ..gaussians.raster_cpu import torch_single_threaded
 from ..gaussians.render import render
 
 
@@ -26,7 +27,7 @@ def rasterise(model: GaussianModel, cams: Cameras, background=(1.0, 1.0, 1.0)) -
     alpha [C, H, W] float32)."""
     sh = model.sh_degree
     rgbs, alphas = [], []
-    with torch.no_grad():
+    with torch.no_grad(), torch_single_threaded():
         colors = (model.sh_coeffs if sh > 0 else model.rgb_dc).double()
         args = (model.means.double(), model.quats.double(), model.scales.double(), model.opacities.double(), colors)
         bg = torch.tensor(background, dtype=torch.float64)

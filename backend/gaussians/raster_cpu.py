@@ -43,15 +43,39 @@ tiles run in parallel without races and the result is deterministic), then summe
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numba
 import numpy as np
 import torch
 
+from .render import ALPHA_MAX, ALPHA_MIN, T_MIN  # one set of rules for every backend
+
 TILE = 16
-ALPHA_MIN = 1.0 / 255.0  # the same rules as render.py (tests check the two agree)
-ALPHA_MAX = 0.99
-T_MIN = 1e-4
+
+# Two OpenMP runtimes share the cores: torch's and the system libgomp that numba's "omp"
+# threading layer loads. By default each spins for milliseconds after a parallel region,
+# stealing the core the other needs next: measured on 2 cores, a 10k-splat render took 2-10x
+# longer alternating with torch ops. Numba's runtime is loaded on the first parallel call,
+# so a passive wait policy set here reaches it (torch's was read when torch was imported:
+# see ``torch_single_threaded``). An explicit OMP_WAIT_POLICY is left alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@contextmanager
+def torch_single_threaded() -> Iterator[None]:
+    """Torch on one thread inside the block, so that its OpenMP workers do not spin against
+    the rasteriser's threads (see above). For CPU training loops whose time is the renderer's;
+    torch's own small ops lose little."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 # columns of the per-entry gradient array (features follow)
 _G_U, _G_V, _G_CXX, _G_CXY, _G_CYY, _G_OPACITY, _G_ABS_U, _G_ABS_V, _G_FEAT = range(9)
@@ -92,7 +116,7 @@ def bin_tiles(boxes: np.ndarray, order: np.ndarray, n_tx: int, n_ty: int) -> tup
 
 # ------------------------------------------------------------------------------- rows
 @numba.njit(cache=True, inline="always")
-def _row_span(u, v, cxx, cxy, cyy, q_max, py, x0, x1):
+def _row_span(u, v, cxx, cxy, cyy, inv_cxx, q_max, py, x0, x1):
     """Pixels of row ``py`` in [x0, x1) whose centres may have q <= q_max, and the Gaussian
     there: (first, end, g, ratio) with exp(-q/2) = g at pixel ``first``; the caller steps
     along the row with ``g *= ratio; ratio *= exp(-cxx)`` (q is a quadratic in dx).
@@ -106,8 +130,8 @@ def _row_span(u, v, cxx, cxy, cyy, q_max, py, x0, x1):
     disc = (cxy * dy) ** 2 - cxx * (cyy * dy * dy - q_max)
     if disc < 0.0:
         return 0, 0, 0.0, 0.0
-    half = math.sqrt(disc) / cxx
-    centre = u - 0.5 - cxy * dy / cxx  # the px where q is smallest on this row
+    half = math.sqrt(disc) * inv_cxx
+    centre = u - 0.5 - cxy * dy * inv_cxx  # the px where q is smallest on this row
     first = max(x0, int(math.floor(centre - half)))
     end = min(x1, int(math.ceil(centre + half)) + 1)
     if first >= end:
@@ -140,6 +164,7 @@ def composite_forward(
     out_feat: np.ndarray,  # [H, W, 4] float64: sum of weight * feature (no background)
     out_t: np.ndarray,  # [H, W] float64: final transmittance
     out_end: np.ndarray,  # [H, W] int64: one past the last tile-list entry that contributed
+    out_hit: np.ndarray,  # [E] bool: the entry contributed to some pixel (the backward skips the rest)
 ) -> None:
     for t in numba.prange(len(offsets) - 1):
         tx0, ty0, tx1, ty1 = _tile(t, width, height)
@@ -160,12 +185,12 @@ def composite_forward(
             cxx, cxy, cyy = conic[s, 0], conic[s, 1], conic[s, 2]
             f0, f1, f2, f3 = feat[s, 0], feat[s, 1], feat[s, 2], feat[s, 3]
             q_max = 2.0 * math.log(o / ALPHA_MIN)
-            step = math.exp(-cxx)
+            step, inv_cxx = math.exp(-cxx), 1.0 / cxx
             bx0, bx1 = max(boxes[s, 0], tx0), min(boxes[s, 1], tx1)
             for py in range(max(boxes[s, 2], ty0), min(boxes[s, 3], ty1)):
                 if row_active[py - ty0] == 0:
                     continue
-                first, stop, gauss, ratio = _row_span(u, v, cxx, cxy, cyy, q_max, py, bx0, bx1)
+                first, stop, gauss, ratio = _row_span(u, v, cxx, cxy, cyy, inv_cxx, q_max, py, bx0, bx1)
                 row = (py - ty0) * tw - tx0
                 for px in range(first, stop):
                     p = row + px
@@ -189,6 +214,7 @@ def composite_forward(
                     acc[p, 3] += w * f3
                     T[p] = t_next
                     last[p] = k + 1
+                    out_hit[k] = True
         for py in range(ty0, ty1):
             for px in range(tx0, tx1):
                 p = (py - ty0) * tw + px - tx0
@@ -212,6 +238,7 @@ def composite_backward(
     height: int,
     out_t: np.ndarray,  # [H, W] the forward's final transmittance
     out_end: np.ndarray,  # [H, W] the forward's list ends
+    out_hit: np.ndarray,  # [E] the forward's contributing entries
     grad_feat: np.ndarray,  # [H, W, 4] dL / d out_feat
     grad_alpha: np.ndarray,  # [H, W] dL / d alpha, alpha = 1 - final transmittance
     entry_grad: np.ndarray,  # [N_COLUMNS, E] out: per tile-list entry
@@ -245,19 +272,21 @@ def composite_backward(
                     g_pix[p, c] = grad_feat[py, px, c]
                 g_pix[p, 4] = grad_alpha[py, px] * out_t[py, px]
         for k in range(row_end.max() - 1, start - 1, -1):
+            if not out_hit[k]:
+                continue  # its gradients stay 0
             s = ids[k]
             u, v, o = uv[s, 0], uv[s, 1], opacity[s]
             cxx, cxy, cyy = conic[s, 0], conic[s, 1], conic[s, 2]
             f0, f1, f2, f3 = feat[s, 0], feat[s, 1], feat[s, 2], feat[s, 3]
             q_max = 2.0 * math.log(o / ALPHA_MIN)
-            step = math.exp(-cxx)
+            step, inv_cxx = math.exp(-cxx), 1.0 / cxx
             bx0, bx1 = max(boxes[s, 0], tx0), min(boxes[s, 1], tx1)
             gu = gv = gxx = gxy = gyy = go = abs_u = abs_v = 0.0
             gf0 = gf1 = gf2 = gf3 = 0.0
             for py in range(max(boxes[s, 2], ty0), min(boxes[s, 3], ty1)):
                 if k >= row_end[py - ty0]:
                     continue
-                first, stop, g_next, ratio = _row_span(u, v, cxx, cxy, cyy, q_max, py, bx0, bx1)
+                first, stop, g_next, ratio = _row_span(u, v, cxx, cxy, cyy, inv_cxx, q_max, py, bx0, bx1)
                 dy = py + 0.5 - v
                 row = (py - ty0) * tw - tx0
                 for px in range(first, stop):
@@ -353,8 +382,10 @@ class _Composite(torch.autograd.Function):
         out_feat = np.empty((H, W, N_FEAT))
         out_t = np.empty((H, W))
         out_end = np.empty((H, W), np.int64)
-        composite_forward(*arrays, plan.boxes, plan.offsets, plan.ids, W, H, out_feat, out_t, out_end)
-        ctx.arrays, ctx.plan, ctx.out_t, ctx.out_end, ctx.k = arrays, plan, out_t, out_end, k
+        out_hit = np.zeros(len(plan.ids), np.bool_)
+        composite_forward(*arrays, plan.boxes, plan.offsets, plan.ids, W, H, out_feat, out_t, out_end, out_hit)
+        ctx.arrays, ctx.plan, ctx.k = arrays, plan, k
+        ctx.saved = (out_t, out_end, out_hit)
         ctx.absgrad_out = absgrad_out
         dtype = feat.dtype
         return torch.from_numpy(out_feat[..., :k]).to(dtype), torch.from_numpy(1.0 - out_t).to(dtype)[..., None]
@@ -374,8 +405,7 @@ class _Composite(torch.autograd.Function):
             plan.ids,
             W,
             H,
-            ctx.out_t,
-            ctx.out_end,
+            *ctx.saved,
             g_feat,
             _np64(grad_alpha[..., 0]),
             entry_grad,
