@@ -172,7 +172,9 @@ def test_missing_model_names_the_download_command(tmp_path, monkeypatch):
     assert "python -m backend models download --only sv3d_u" in err.value.hint
 
 
-def test_single_file_checkpoint_is_refused_with_a_clear_error(tmp_path):
+def test_a_damaged_single_file_checkpoint_is_refused_with_a_clear_error(tmp_path):
+    # the single file itself loads (tests/test_sv3d_checkpoint.py); an empty one is damaged
     (tmp_path / "sv3d_u.safetensors").write_bytes(b"")
-    with pytest.raises(ModelMissingError, match="diffusers layout"):
+    with pytest.raises(ModelMissingError, match="not a usable SV3D checkpoint") as err:
         sv3d.load_sv3d("sv3d_u", path=tmp_path)
+    assert "python -m backend models download --only sv3d_u" in err.value.hint

@@ -117,23 +117,18 @@ def load_sv3d(
 ):
     """The SV3D parts (``backend.models.SV3DParts``) for ``variant``, from ``path`` or the registry.
 
-    Raises ``ModelMissingError`` naming ``python -m backend models download --only <variant>``
-    when the model is absent. The folder must hold the diffusers layout (``unet/``, ``vae/``,
-    ``image_encoder/``, ``feature_extractor/``, ``scheduler/``).
+    ``path`` (default: the registry's folder for ``variant``) is the folder holding Stability's
+    single file (``sv3d_u.safetensors`` / ``sv3d_p.safetensors``, converted at load time by
+    :func:`backend.models.sv3d.load_sv3d`), that file, or a folder in the diffusers layout.
+    Raises ``ModelMissingError`` (``ModelCorruptError`` for a damaged or wrong file) naming
+    ``python -m backend models download --only <variant>``.
     """
     from backend import models
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown SV3D variant {variant!r}; choose one of {sorted(VARIANTS)}")
     folder = Path(path) if path is not None else models.model_path(variant)
-    if not (folder / "unet" / "config.json").is_file():
-        raise ModelMissingError(
-            f"{folder} holds no SV3D in the diffusers layout (unet/, vae/, image_encoder/, ...); "
-            "the single-file SGM checkpoint from stabilityai/sv3d cannot be loaded directly yet.",
-            hint=f"Put a diffusers-layout copy of {variant} there, or point PORTRAITSPLAT_MODEL_{variant.upper()} at one; "
-            f"to fetch the weights run: python -m backend models download --only {variant}",
-        )
-    parts = models.load_sv3d(folder, dtype=dtype, device=str(device))
+    parts = models.load_sv3d(folder, dtype=dtype, device=str(device), variant=variant)
     expect = sum(VARIANTS[variant])
     got = parts.unet.config.projection_class_embeddings_input_dim
     if got != expect:
