@@ -77,6 +77,8 @@ def torch_single_threaded() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# columns of the per-splat table the kernels read (one row per splat, contiguous)
+_U, _V, _O, _CXX, _CXY, _CYY, _QMAX, _STEP, _INV_CXX, _F = range(10)
 # columns of the per-entry gradient array (features follow)
 _G_U, _G_V, _G_CXX, _G_CXY, _G_CYY, _G_OPACITY, _G_ABS_U, _G_ABS_V, _G_FEAT = range(9)
 N_FEAT = 4  # blended per pixel: colour (3) and depth; narrower features are zero-padded
@@ -152,10 +154,7 @@ def _tile(t, width, height):
 # ----------------------------------------------------------------------------- forward
 @numba.njit(parallel=True, cache=True)
 def composite_forward(
-    uv: np.ndarray,  # [N, 2] float64 pixel centres
-    conic: np.ndarray,  # [N, 3] float64 inverse 2D covariance (xx, xy, yy)
-    opacity: np.ndarray,  # [N] float64
-    feat: np.ndarray,  # [N, 4] float64 what is blended (colour and depth)
+    table: np.ndarray,  # [N, _F + 4] float64 per splat: see ``splat_table``
     boxes: np.ndarray,  # [N, 4] int64 x0, x1, y0, y1
     offsets: np.ndarray,  # [n_tiles + 1] int64
     ids: np.ndarray,  # [E] int64
@@ -181,11 +180,10 @@ def composite_forward(
             if active == 0:
                 break
             s = ids[k]
-            u, v, o = uv[s, 0], uv[s, 1], opacity[s]
-            cxx, cxy, cyy = conic[s, 0], conic[s, 1], conic[s, 2]
-            f0, f1, f2, f3 = feat[s, 0], feat[s, 1], feat[s, 2], feat[s, 3]
-            q_max = 2.0 * math.log(o / ALPHA_MIN)
-            step, inv_cxx = math.exp(-cxx), 1.0 / cxx
+            u, v, o = table[s, _U], table[s, _V], table[s, _O]
+            cxx, cxy, cyy = table[s, _CXX], table[s, _CXY], table[s, _CYY]
+            q_max, step, inv_cxx = table[s, _QMAX], table[s, _STEP], table[s, _INV_CXX]
+            f0, f1, f2, f3 = table[s, _F], table[s, _F + 1], table[s, _F + 2], table[s, _F + 3]
             bx0, bx1 = max(boxes[s, 0], tx0), min(boxes[s, 1], tx1)
             for py in range(max(boxes[s, 2], ty0), min(boxes[s, 3], ty1)):
                 if row_active[py - ty0] == 0:
@@ -227,10 +225,7 @@ def composite_forward(
 # ---------------------------------------------------------------------------- backward
 @numba.njit(parallel=True, cache=True)
 def composite_backward(
-    uv: np.ndarray,
-    conic: np.ndarray,
-    opacity: np.ndarray,
-    feat: np.ndarray,
+    table: np.ndarray,
     boxes: np.ndarray,
     offsets: np.ndarray,
     ids: np.ndarray,
@@ -275,11 +270,10 @@ def composite_backward(
             if not out_hit[k]:
                 continue  # its gradients stay 0
             s = ids[k]
-            u, v, o = uv[s, 0], uv[s, 1], opacity[s]
-            cxx, cxy, cyy = conic[s, 0], conic[s, 1], conic[s, 2]
-            f0, f1, f2, f3 = feat[s, 0], feat[s, 1], feat[s, 2], feat[s, 3]
-            q_max = 2.0 * math.log(o / ALPHA_MIN)
-            step, inv_cxx = math.exp(-cxx), 1.0 / cxx
+            u, v, o = table[s, _U], table[s, _V], table[s, _O]
+            cxx, cxy, cyy = table[s, _CXX], table[s, _CXY], table[s, _CYY]
+            q_max, step, inv_cxx = table[s, _QMAX], table[s, _STEP], table[s, _INV_CXX]
+            f0, f1, f2, f3 = table[s, _F], table[s, _F + 1], table[s, _F + 2], table[s, _F + 3]
             bx0, bx1 = max(boxes[s, 0], tx0), min(boxes[s, 1], tx1)
             gu = gv = gxx = gxy = gyy = go = abs_u = abs_v = 0.0
             gf0 = gf1 = gf2 = gf3 = 0.0
@@ -344,14 +338,34 @@ def composite_backward(
             entry_grad[_G_FEAT + 3, k] = gf3
 
 
+def splat_table(uv: np.ndarray, conic: np.ndarray, opacity: np.ndarray, feat: np.ndarray) -> np.ndarray:
+    """[N, _F + 4] float64: centre, opacity, conic, then what every row of a splat reuses
+    (q where alpha falls to 1/255, exp(-cxx), 1 / cxx), then the 4 features. Culled splats
+    (conic 0, never binned) get whatever the arithmetic gives."""
+    n = len(uv)
+    table = np.empty((n, _F + N_FEAT))
+    table[:, _U : _V + 1] = uv
+    table[:, _O] = opacity
+    table[:, _CXX : _CYY + 1] = conic
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table[:, _QMAX] = 2.0 * np.log(opacity / ALPHA_MIN)
+        table[:, _STEP] = np.exp(-conic[:, 0])
+        table[:, _INV_CXX] = 1.0 / conic[:, 0]
+    table[:, _F : _F + feat.shape[1]] = feat
+    table[:, _F + feat.shape[1] :] = 0.0
+    return table
+
+
 @numba.njit(parallel=True, cache=True)
-def sum_entries(ids: np.ndarray, entry_grad: np.ndarray, n: int) -> np.ndarray:
-    """Per-splat sums [columns, N] of the per-entry gradients [columns, E] (one column per thread)."""
+def sum_entries(ids: np.ndarray, hit: np.ndarray, entry_grad: np.ndarray, n: int) -> np.ndarray:
+    """Per-splat sums [columns, N] of the per-entry gradients [columns, E] (one column per
+    thread); entries that hit no pixel are 0 and skipped."""
     n_col, n_entries = entry_grad.shape
     out = np.zeros((n_col, n))
     for j in numba.prange(n_col):
         for k in range(n_entries):
-            out[j, ids[k]] += entry_grad[j, k]
+            if hit[k]:
+                out[j, ids[k]] += entry_grad[j, k]
     return out
 
 
@@ -375,16 +389,14 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, uv, conic, opacity, feat, plan, absgrad_out):  # type: ignore[override]
         n, k = feat.shape
-        padded = np.zeros((n, N_FEAT))
-        padded[:, :k] = feat.detach().to(torch.float64).numpy()
-        arrays = (_np64(uv), _np64(conic), _np64(opacity), padded)
+        table = splat_table(_np64(uv), _np64(conic), _np64(opacity), _np64(feat))
         H, W = plan.height, plan.width
         out_feat = np.empty((H, W, N_FEAT))
         out_t = np.empty((H, W))
         out_end = np.empty((H, W), np.int64)
         out_hit = np.zeros(len(plan.ids), np.bool_)
-        composite_forward(*arrays, plan.boxes, plan.offsets, plan.ids, W, H, out_feat, out_t, out_end, out_hit)
-        ctx.arrays, ctx.plan, ctx.k = arrays, plan, k
+        composite_forward(table, plan.boxes, plan.offsets, plan.ids, W, H, out_feat, out_t, out_end, out_hit)
+        ctx.table, ctx.plan, ctx.k = table, plan, k
         ctx.saved = (out_t, out_end, out_hit)
         ctx.absgrad_out = absgrad_out
         dtype = feat.dtype
@@ -393,13 +405,13 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_feat, grad_alpha):  # type: ignore[override]
         plan, k = ctx.plan, ctx.k
-        n = len(ctx.arrays[0])
+        n = len(ctx.table)
         H, W = plan.height, plan.width
         g_feat = np.zeros((H, W, N_FEAT))
         g_feat[..., :k] = grad_feat.to(torch.float64).numpy()
         entry_grad = np.zeros((N_COLUMNS, len(plan.ids)))  # entries behind every pixel stay 0
         composite_backward(
-            *ctx.arrays,
+            ctx.table,
             plan.boxes,
             plan.offsets,
             plan.ids,
@@ -410,7 +422,7 @@ class _Composite(torch.autograd.Function):
             _np64(grad_alpha[..., 0]),
             entry_grad,
         )
-        g = torch.from_numpy(sum_entries(plan.ids, entry_grad, n))
+        g = torch.from_numpy(sum_entries(plan.ids, ctx.saved[2], entry_grad, n))
         dtype = grad_feat.dtype
         if ctx.absgrad_out is not None:
             ctx.absgrad_out += g[_G_ABS_U : _G_ABS_V + 1].T.to(ctx.absgrad_out.dtype)
