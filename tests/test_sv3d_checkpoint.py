@@ -95,6 +95,9 @@ def test_tiny_sgm_file_loads_strictly(files, loaded, variant):
 def test_the_file_itself_and_fp16_load_too(files):
     parts = sv3d.load_sv3d(files["sv3d_u"] / "sv3d_u.safetensors", dtype=torch.float16)
     assert parts.unet.dtype == torch.float16 and next(parts.image_encoder.parameters()).dtype == torch.float16
+    # off the CPU the modules are built in the file's dtype and cast by .to() on the device
+    dev = sv3d.load_sv3d(files["sv3d_u"], dtype=torch.float16, device="meta")
+    assert dev.unet.dtype == torch.float16 and dev.vae.device.type == "meta" and dev.image_encoder.device.type == "meta"
 
 
 def test_an_svd_style_temporal_decoder_loads_as_the_temporal_vae(tmp_path):

@@ -28,8 +28,9 @@ safetensors header), derives the configs, maps every tensor the diffusers module
 its source key and a transform, and is strict: a missing key, a wrong shape or a key on no
 list is a :class:`ModelCorruptError`. :func:`convert_sv3d` then reads the tensors. So
 :func:`probe_sv3d` validates a 9 GB file in milliseconds without torch, and
-:func:`load_sv3d` reads each tensor once (bench/results/sv3d_convert.md: converting at load
-time costs no more than loading a converted copy, so nothing is cached on disk).
+:func:`load_sv3d` maps each tensor once. Nothing is cached on disk: with no dtype change the
+converted modules hold memory-mapped views of the file (as fast as loading a converted copy),
+and a CUDA load casts on the device (bench/results/sv3d_convert.md).
 
 Usage::
 
@@ -230,7 +231,10 @@ def build_parts(
         left = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
         if left:
             raise RuntimeError(f"{type(module).__name__}: no value for {left[:5]}")
-        module.eval().requires_grad_(False).to(device=device, dtype=dtype)
+        module.eval().requires_grad_(False)
+        # torch's own .to: diffusers' override warns on any dtype argument (even with no
+        # fp32-only modules, as here); for CUDA this is where fp32 weights become fp16, on the GPU
+        torch.nn.Module.to(module, device=device, dtype=dtype)
     size = plan.image_size
     fe = CLIPImageProcessor(
         do_resize=True,
