@@ -145,6 +145,20 @@ def _row_span(u, v, cxx, cxy, cyy, inv_cxx, q_max, py, x0, x1):
 
 
 @numba.njit(cache=True, inline="always")
+def _interleaved(i, n, k):
+    """prange hands each thread a contiguous block of iterations; visiting the tiles in the
+    order 0, k, 2k, ..., 1, k + 1, ... (k = the thread count) gives every thread tiles from
+    all over the image, so a face in one half does not leave one thread waiting. (k is an
+    argument: numba.get_num_threads() inside a kernel would stop it from being cached.)"""
+    per = (n + k - 1) // k  # tiles t with t % k == j, for j < n % k (or all j when k divides n)
+    full = n % k if n % k else k
+    if i < full * per:
+        return (i % per) * k + i // per
+    rest = i - full * per
+    return (rest % (per - 1)) * k + full + rest // (per - 1)
+
+
+@numba.njit(cache=True, inline="always")
 def _tile(t, width, height):
     n_tx = (width + TILE - 1) // TILE
     tx0, ty0 = (t % n_tx) * TILE, (t // n_tx) * TILE
@@ -164,8 +178,11 @@ def composite_forward(
     out_t: np.ndarray,  # [H, W] float64: final transmittance
     out_end: np.ndarray,  # [H, W] int64: one past the last tile-list entry that contributed
     out_hit: np.ndarray,  # [E] bool: the entry contributed to some pixel (the backward skips the rest)
+    n_threads: int,  # numba.get_num_threads(): the tile order (see _interleaved)
 ) -> None:
-    for t in numba.prange(len(offsets) - 1):
+    n_tiles = len(offsets) - 1
+    for i in numba.prange(n_tiles):
+        t = _interleaved(i, n_tiles, n_threads)
         tx0, ty0, tx1, ty1 = _tile(t, width, height)
         tw = tx1 - tx0
         n_pix = tw * (ty1 - ty0)
@@ -237,6 +254,7 @@ def composite_backward(
     grad_feat: np.ndarray,  # [H, W, 4] dL / d out_feat
     grad_alpha: np.ndarray,  # [H, W] dL / d alpha, alpha = 1 - final transmittance
     entry_grad: np.ndarray,  # [N_COLUMNS, E] out: per tile-list entry
+    n_threads: int,
 ) -> None:
     """Walk each tile's list back to front; each pixel starts at its forward list end.
 
@@ -244,7 +262,9 @@ def composite_backward(
     features of the contributors behind it, d out / d alpha_i = T_i f_i - S_i / (1 - alpha_i)
     and d alpha / d alpha_i = T_final / (1 - alpha_i).
     """
-    for t in numba.prange(len(offsets) - 1):
+    n_tiles = len(offsets) - 1
+    for i in numba.prange(n_tiles):
+        t = _interleaved(i, n_tiles, n_threads)
         tx0, ty0, tx1, ty1 = _tile(t, width, height)
         tw = tx1 - tx0
         n_pix = tw * (ty1 - ty0)
@@ -395,7 +415,9 @@ class _Composite(torch.autograd.Function):
         out_t = np.empty((H, W))
         out_end = np.empty((H, W), np.int64)
         out_hit = np.zeros(len(plan.ids), np.bool_)
-        composite_forward(table, plan.boxes, plan.offsets, plan.ids, W, H, out_feat, out_t, out_end, out_hit)
+        composite_forward(
+            table, plan.boxes, plan.offsets, plan.ids, W, H, out_feat, out_t, out_end, out_hit, numba.get_num_threads()
+        )
         ctx.table, ctx.plan, ctx.k = table, plan, k
         ctx.saved = (out_t, out_end, out_hit)
         ctx.absgrad_out = absgrad_out
@@ -421,6 +443,7 @@ class _Composite(torch.autograd.Function):
             g_feat,
             _np64(grad_alpha[..., 0]),
             entry_grad,
+            numba.get_num_threads(),
         )
         g = torch.from_numpy(sum_entries(plan.ids, ctx.saved[2], entry_grad, n))
         dtype = grad_feat.dtype
