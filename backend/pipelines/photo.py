@@ -13,6 +13,7 @@ ones, so it optionally densifies with absolute gradients.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,8 @@ from ..gaussians.cameras import Cameras
 from ..gaussians.loop import LoopConfig, optimise, render_model
 from ..gaussians.losses import photometric, psnr, ssim
 from ..gaussians.model import GaussianModel
+from ..gaussians.raster_cpu import torch_single_threaded
+from ..gaussians.render import resolve_backend, use_backend
 from ..gaussians.strategies import make_strategy
 from ..prior.fit import HeadFit, fit_head
 from ..prior.sample import INIT_OPACITY, INIT_SCALE, head_unit, project_colors, sample_surface
@@ -45,8 +48,10 @@ class PhotoPreset:
     hidden_opacity: float = 0.9
     scale: float = INIT_SCALE  # METHOD A.1: 0.02 head units
     project_photo_colours: bool = True  # METHOD A.1 allowed improvement; False = paper's grey init
-    steps: int = 150
-    fit_res: int = 128  # px, square crop around the head
+    # Ours, sized to the demo's <= 60 s on 2 CPU cores with the tile rasteriser (issue #16,
+    # bench/results/cpu_raster.md): 150 steps at 128 px before it, with the torch reference.
+    steps: int = 250
+    fit_res: int = 256  # px, square crop around the head
     lr_preset: str = "photo"
     strategy: str | None = None  # None, "default", "absgrad" or "surface"
     strategy_overrides: dict = field(default_factory=dict)
@@ -61,6 +66,8 @@ class PhotoPreset:
     turntable_frames: int = 24
     turntable_res: int = 192
     turntable_elevation_deg: float = 5.0
+    # "auto": gsplat on CUDA, the CPU tile rasteriser (numba) on CPU; "torch": the reference
+    renderer: str = "auto"
 
 
 PRESETS: dict[str, PhotoPreset] = {
@@ -168,6 +175,17 @@ class PhotoFit:
 
 def fit_photo_head(image: np.ndarray, cfg: PhotoPreset, *, seed: int = 0, reporter=None) -> PhotoFit:
     """Photo -> face -> fitted template -> Gaussians fitted to the photo (no turntable)."""
+    with use_backend(cfg.renderer):
+        return _fit_photo_head(image, cfg, seed, reporter)
+
+
+def _render_threads(renderer: str):
+    """With the CPU tile rasteriser, torch runs on one thread: its OpenMP workers would spin
+    against the rasteriser's (backend.gaussians.raster_cpu); the fit's time is the renderer's."""
+    return torch_single_threaded() if resolve_backend(renderer, "cpu") == "numba" else nullcontext()
+
+
+def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) -> PhotoFit:
     reporter = reporter or NullReporter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -222,7 +240,8 @@ def fit_photo_head(image: np.ndarray, cfg: PhotoPreset, *, seed: int = 0, report
         absgrad=cfg.strategy == "absgrad",
         stage="optimise",
     )
-    optimise(model, loop_cfg, lambda step: cam, [photo_term, prior_term], strategy=strategy, reporter=reporter)
+    with _render_threads(cfg.renderer):
+        optimise(model, loop_cfg, lambda step: cam, [photo_term, prior_term], strategy=strategy, reporter=reporter)
     timings["optimise_s"] = time.perf_counter() - t
 
     with torch.no_grad():
@@ -258,13 +277,14 @@ def run(
     reporter = reporter or NullReporter()
     head = fit_photo_head(image, cfg, seed=seed, reporter=reporter)
     t = time.perf_counter()
-    frames = render_turntable(
-        head.model,
-        cfg.turntable_frames,
-        cfg.turntable_res,
-        elevation_deg=cfg.turntable_elevation_deg,
-        reporter=reporter,
-    )
+    with use_backend(cfg.renderer), _render_threads(cfg.renderer):
+        frames = render_turntable(
+            head.model,
+            cfg.turntable_frames,
+            cfg.turntable_res,
+            elevation_deg=cfg.turntable_elevation_deg,
+            reporter=reporter,
+        )
     head.metrics["turntable_s"] = round(time.perf_counter() - t, 3)
     result = head.model.to_splats()
     result.check_finite()
