@@ -145,6 +145,24 @@ def test_splats_on_tile_borders_and_larger_than_tiles():
     assert r.min() <= 2 and r.max() >= 2 * TILE  # from a pixel to several tiles
 
 
+def test_equal_depths_blend_in_index_order():
+    """Splats at exactly the same depth (float32 coordinates make such ties common) composite
+    in index order in both backends (gsplat's stable sort does the same)."""
+    p = _leaves(200, seed=10)
+    with torch.no_grad():
+        p["means"][1::2] = p["means"][::2] + torch.tensor([0.004, 0.0, 0.003], dtype=F64)  # same y: same depth
+        p["logit_op"].fill_(2.0)
+    cam = Cameras(  # looks along +y: depth = y + 0.6
+        look_at((0.0, -0.6, 0.0), (0.0, 0.0, 0.0))[None].to(F64),
+        intrinsics_from_fov(40.0, 64, 48)[None].to(F64),
+        64,
+        48,
+    )
+    fast, ref = _assert_same(p, cam)
+    z = ref.info["depths"][0]
+    assert torch.equal(z[1::2], z[::2])
+
+
 def test_near_degenerate_covariances():
     """Needles and discs: one or two scale axes 1e-7 m, so the 2D covariance is the 0.3 px^2
     low-pass in some direction (conic entries up to ~3 and extreme eccentricity)."""

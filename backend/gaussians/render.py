@@ -379,7 +379,7 @@ def _render_torch(
         fp = screen_footprint(z, uv, cov2d, opacities, W, H, near, far)
         radii.append(fp.radii)
         with torch.no_grad():
-            order = torch.argsort(z.detach())
+            order = torch.argsort(z.detach(), stable=True)  # depth ties: by index, as gsplat's stable sort
             pix, gid = _pairs(fp.boxes, fp.valid, order, W)
         color = colors if rgb_per_cam is None else rgb_per_cam[c]
         rgb, alpha, depth = _blend(pix, gid, uv, fp.conic, opacities, color, z, W, H, absgrad_buf, c, cull_hidden)
