@@ -1,6 +1,6 @@
 """Blender-side throughput: splat import, in-place preview updates, turntable frames.
 
-    .venv-blender/bin/python bench/bench_blender.py [--counts 100000,1000000] [--update 100000]
+    .venv-blender/bin/python bench/bench_blender.py [--counts 100000,1000000] [--ply 1000000] [--update 100000]
         [--render-splats 20000] [--sizes 64,256] [--samples 16] [--repeats 3]
 
 Run it in the bpy venv (scripts/setup_blender_venv.sh). Scene: a head-sized ellipsoid shell
@@ -9,6 +9,9 @@ Run it in the bpy venv (scripts/setup_blender_venv.sh). Scene: a head-sized elli
 - import: ``create_splat_object`` (mesh + every attribute via foreach_set + GN modifier),
   then the first depsgraph evaluation of the display (ellipsoids, or points above the
   point-mode threshold);
+- ply import: ``portraitsplat.import_ply`` of an SH degree 3 PLY against Blender's own
+  ``wm.ply_import`` of the same file, in this one process, alternating; the ratio is ours
+  over native (median of the repeats; the goal is <= 1.0);
 - update: ``update_splat_object`` with a same-size cloud (a live preview), and with a
   different size (clear + re-add on the same mesh);
 - turntable: one Cycles frame (CPU) of ``render_turntable``, ellipsoids and points.
@@ -83,6 +86,37 @@ def bench_import(n: int, repeats: int) -> None:
     )
 
 
+def bench_ply_import(n: int, repeats: int) -> None:
+    import blender_addon
+    from blender_addon.core.splat_ply import write_ply
+
+    rng = np.random.default_rng(1)
+    c = head(n)
+    cloud = SplatArrays(
+        c.means, c.quats, c.log_scales, c.opacity_logits, c.sh0, (0.1 * rng.normal(size=(n, 15, 3))).astype(np.float32)
+    )
+    path = os.path.join(tempfile.mkdtemp(prefix="portraitsplat-bench-ply-"), "head.ply")
+    write_ply(path, cloud)
+    native, ours = [], []
+    for _ in range(repeats + 1):  # the first round warms the page cache and is dropped
+        fresh()
+        t0 = time.perf_counter()
+        bpy.ops.wm.ply_import(filepath=path)
+        native.append(time.perf_counter() - t0)
+        fresh()
+        blender_addon.register()
+        t0 = time.perf_counter()
+        bpy.ops.portraitsplat.import_ply(filepath=path)
+        ours.append(time.perf_counter() - t0)
+        blender_addon.unregister()
+    a, b = statistics.median(native[1:]), statistics.median(ours[1:])
+    print(
+        f"ply import {n:>7,} splats SH3 ({os.path.getsize(path) / 2**20:.0f} MiB): native wm.ply_import "
+        f"{a * 1e3:8.1f} ms, portraitsplat.import_ply {b * 1e3:8.1f} ms, ratio {b / a:.2f}x native"
+    )
+    os.remove(path)
+
+
 def bench_update(n: int, repeats: int) -> None:
     fresh()
     obj = splats.create_splat_object(bpy.context.scene, "bench", head(n))
@@ -116,6 +150,7 @@ def bench_render(n: int, sizes: list[int], samples: int, repeats: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--counts", default="100000,1000000")
+    ap.add_argument("--ply", default="1000000", help="splat counts for the PLY import against native")
     ap.add_argument("--update", type=int, default=100_000)
     ap.add_argument("--render-splats", type=int, default=20_000)
     ap.add_argument("--sizes", default="64,256")
@@ -125,6 +160,8 @@ def main() -> None:
     print(f"Blender {bpy.app.version_string}, numpy {np.__version__}, {os.cpu_count()} CPUs")
     for n in (int(c) for c in args.counts.split(",") if c):
         bench_import(n, args.repeats)
+    for n in (int(c) for c in args.ply.split(",") if c):
+        bench_ply_import(n, args.repeats)
     if args.update:
         bench_update(args.update, args.repeats)
     if args.render_splats:

@@ -9,7 +9,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import splats, sync, turntable
-from .core.frames import bake_splats
+from .core.frames import head_to_file, to_file_axes
 from .core.splat_arrays import SplatArrays
 from .core.splat_ply import SplatPlyError, read_ply, write_ply
 
@@ -169,12 +169,14 @@ class PORTRAITSPLAT_OT_import_ply(bpy.types.Operator, ImportHelper):
 
     def execute(self, context):
         try:
-            arrays = read_ply(self.filepath, frame=self.frame)
+            # the file's axes as they are: the axis change goes in the object's transform
+            arrays = read_ply(self.filepath, frame="head", copy=False)
         except (SplatPlyError, OSError) as exc:
             self.report({"ERROR"}, f"Cannot import {os.path.basename(self.filepath)}: {exc}")
             return {"CANCELLED"}
         name = os.path.splitext(os.path.basename(self.filepath))[0]
         obj = splats.create_splat_object(context.scene, name, arrays, tag=self.filepath, state="imported")
+        splats.set_file_axes(obj, self.frame)
         obj.scale = (self.scale,) * 3
         _select_only(context, obj)
         self.report({"INFO"}, f"Imported {len(arrays)} splats")
@@ -199,8 +201,8 @@ class PORTRAITSPLAT_OT_export_ply(bpy.types.Operator, ExportHelper):
     def execute(self, context):
         obj = context.active_object
         try:
-            arrays = export_arrays(obj, apply_transform=self.apply_transform)
-            write_ply(self.filepath, arrays, frame=self.frame)
+            arrays = export_arrays(obj, apply_transform=self.apply_transform, frame=self.frame)
+            write_ply(self.filepath, arrays, frame="head")  # already in the file's axes
         except (ValueError, OSError) as exc:
             self.report({"ERROR"}, f"Cannot export '{obj.name}': {exc}")
             return {"CANCELLED"}
@@ -208,12 +210,13 @@ class PORTRAITSPLAT_OT_export_ply(bpy.types.Operator, ExportHelper):
         return {"FINISHED"}
 
 
-def export_arrays(obj, *, apply_transform: bool = True) -> SplatArrays:
-    """The object's splats, with its world transform baked into positions, rotations, scales and SH bands."""
+def export_arrays(obj, *, apply_transform: bool = True, frame: str = "head") -> SplatArrays:
+    """The object's splats in the axes of a ``frame`` file, with its world transform baked into
+    positions, rotations, scales and SH bands (``apply_transform=False``: only the change
+    from the mesh's own axes). An imported PLY exported untouched is its file's data as is."""
     arrays = splats.read_splats(obj.data)
-    if not apply_transform:
-        return arrays
-    return bake_splats(np.array(obj.matrix_world), arrays)
+    to_head = np.array(obj.matrix_world) if apply_transform else splats.file_axes_matrix(obj)
+    return to_file_axes(head_to_file(frame) @ to_head, arrays)
 
 
 class PORTRAITSPLAT_OT_display(bpy.types.Operator):

@@ -10,6 +10,7 @@ point-domain attribute, written with ``foreach_set`` straight from numpy:
     opacity_logit   FLOAT        raw pre-sigmoid opacity, lossless
     log_scale       FLOAT_VECTOR raw log standard deviations (metres), lossless
     rotation        QUATERNION   unit wxyz rotation (normalised on the way in)
+    rotation_norm   FLOAT        the raw quaternion's length (export multiplies it back)
     color           FLOAT_COLOR  display colour, scene-linear: srgb_to_linear(0.5 + C0 * f_dc)
     opacity         FLOAT        display opacity, sigmoid(opacity_logit)
     scale           FLOAT_VECTOR display standard deviations, exp(log_scale)
@@ -32,6 +33,7 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
+from .core.frames import head_to_file
 from .core.splat_arrays import SplatArrays, sh0_to_rgb, sigmoid
 
 COLLECTION_NAME = "PortraitSplat"
@@ -47,6 +49,7 @@ DEFAULT_SIZE_SIGMAS = 2.0
 
 OBJ_TAG = "portraitsplat"  # custom property on objects we own: job id or source file
 STATE_TAG = "portraitsplat_state"  # "preview" | "final" | "imported"
+AXES_TAG = "portraitsplat_axes"  # the mesh data's axes: "head" (Blender's) or "ply" (RDF, as imported)
 
 _RAW_ATTRS = ("f_dc", "opacity_logit", "log_scale", "rotation")
 _DISPLAY_ATTRS = ("color", "opacity", "scale")
@@ -79,30 +82,54 @@ def _get_attr(mesh: bpy.types.Mesh, name: str, width: int) -> np.ndarray:
     return out.reshape(n, width) if width > 1 else out
 
 
+def _contiguous(views: list[np.ndarray], rows: int = 4096) -> list[np.ndarray]:
+    """Contiguous float32 copies of row-aligned arrays ([N, ...] each).
+
+    Views into one wide table (a PLY file's rows, ``read_ply(copy=False)``) are copied block
+    by block, so the table streams through the cache once rather than once per field."""
+    if all(v.dtype == np.float32 and v.flags.c_contiguous for v in views):
+        return views
+    outs = [np.empty(v.shape, np.float32) for v in views]
+    for start in range(0, len(views[0]), rows):
+        block = slice(start, start + rows)
+        for src, dst in zip(views, outs):
+            dst[block] = src[block]
+    return outs
+
+
 def write_splats(mesh: bpy.types.Mesh, splats: SplatArrays) -> None:
-    """Write ``splats`` into ``mesh`` in place (same datablock, whatever the count)."""
-    s = splats.astype(np.float32)
-    n = len(s)
+    """Write ``splats`` into ``mesh`` in place (same datablock, whatever the count).
+
+    Each field is copied once into Blender (``foreach_set`` of a contiguous float32 array).
+    """
+    n = len(splats)
     if len(mesh.vertices) != n or len(mesh.edges) or len(mesh.polygons):
         mesh.clear_geometry()  # drops custom attributes too; they are re-created below
         mesh.vertices.add(n)
-    mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(s.means).ravel())
+    k = 0 if splats.shN is None else splats.shN.shape[1]
+    fields = [splats.means, splats.quats, splats.log_scales, splats.opacity_logits, splats.sh0]
+    means, quats, log_scales, opacity_logits, sh0, *rest = _contiguous(
+        fields + [splats.shN[:, i, :] for i in range(k)] if splats.shN is not None else fields
+    )
+    mesh.attributes["position"].data.foreach_set("vector", means.ravel())
 
-    norm = np.linalg.norm(s.quats, axis=1, keepdims=True)
-    unit = np.where(norm > 1e-12, s.quats / np.maximum(norm, 1e-12), np.array([1, 0, 0, 0], np.float32))
-    _set_attr(mesh, "f_dc", "FLOAT_VECTOR", s.sh0)
-    _set_attr(mesh, "opacity_logit", "FLOAT", s.opacity_logits)
-    _set_attr(mesh, "log_scale", "FLOAT_VECTOR", s.log_scales)
+    norm = np.sqrt(np.einsum("ij,ij->i", quats, quats))  # [N]
+    ok = norm > 1e-12
+    unit = np.where(ok[:, None], quats / np.where(ok, norm, 1.0)[:, None], np.array([1, 0, 0, 0], np.float32))
+    _set_attr(mesh, "f_dc", "FLOAT_VECTOR", sh0)
+    _set_attr(mesh, "opacity_logit", "FLOAT", opacity_logits)
+    _set_attr(mesh, "log_scale", "FLOAT_VECTOR", log_scales)
     _set_attr(mesh, "rotation", "QUATERNION", unit)
+    # the raw length, so export gives back the file's (unnormalised) quaternions
+    _set_attr(mesh, "rotation_norm", "FLOAT", np.where(ok, norm, 0.0))
     rgba = np.ones((n, 4), np.float32)
-    rgba[:, :3] = srgb_to_linear(sh0_to_rgb(s.sh0))
+    rgba[:, :3] = srgb_to_linear(sh0_to_rgb(sh0))
     _set_attr(mesh, "color", "FLOAT_COLOR", rgba)
-    _set_attr(mesh, "opacity", "FLOAT", sigmoid(s.opacity_logits))
-    _set_attr(mesh, "scale", "FLOAT_VECTOR", np.exp(s.log_scales))
+    _set_attr(mesh, "opacity", "FLOAT", sigmoid(opacity_logits))
+    _set_attr(mesh, "scale", "FLOAT_VECTOR", np.exp(log_scales))
 
-    k = 0 if s.shN is None else s.shN.shape[1]
-    for i in range(k):
-        _set_attr(mesh, f"f_rest_{i}", "FLOAT_VECTOR", s.shN[:, i, :])
+    for i, band in enumerate(rest):
+        _set_attr(mesh, f"f_rest_{i}", "FLOAT_VECTOR", band)
     stale = [a.name for a in mesh.attributes if a.name.startswith("f_rest_") and int(a.name[7:]) >= k]
     for name in stale:
         mesh.attributes.remove(mesh.attributes[name])
@@ -118,9 +145,13 @@ def read_splats(mesh: bpy.types.Mesh) -> SplatArrays:
     mesh.attributes["position"].data.foreach_get("vector", means)
     k = sum(1 for a in mesh.attributes if a.name.startswith("f_rest_"))
     shN = np.stack([_get_attr(mesh, f"f_rest_{i}", 3) for i in range(k)], axis=1) if k else None
+    quats = _get_attr(mesh, "rotation", 4)
+    if "rotation_norm" in mesh.attributes:  # absent in files saved before it was kept
+        norm = _get_attr(mesh, "rotation_norm", 1)
+        quats = np.where((norm > 0)[:, None], quats * norm[:, None], 0.0).astype(np.float32)
     return SplatArrays(
         means=means.reshape(n, 3),
-        quats=_get_attr(mesh, "rotation", 4),
+        quats=quats,
         log_scales=_get_attr(mesh, "log_scale", 3),
         opacity_logits=_get_attr(mesh, "opacity_logit", 1),
         sh0=_get_attr(mesh, "f_dc", 3),
@@ -166,6 +197,19 @@ def update_splat_object(obj: bpy.types.Object, splats: SplatArrays, *, state: st
     if state is not None:
         obj[STATE_TAG] = state
     obj.update_tag()
+
+
+def set_file_axes(obj: bpy.types.Object, frame: str) -> None:
+    """Show mesh data kept in a file's axes upright: a PLY-frame (RDF) cloud gets the quarter
+    turn about X that takes it to Blender's axes as its rotation; no splat is touched."""
+    obj[AXES_TAG] = frame
+    obj.rotation_mode = "XYZ"
+    obj.rotation_euler = (-np.pi / 2, 0.0, 0.0) if frame == "ply" else (0.0, 0.0, 0.0)
+
+
+def file_axes_matrix(obj: bpy.types.Object) -> np.ndarray:
+    """4x4 from the mesh's own axes to Blender's (identity unless imported in PLY axes)."""
+    return np.asarray(head_to_file(str(obj.get(AXES_TAG, "head"))).T)
 
 
 def find_object(tag: str):

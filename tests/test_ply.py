@@ -98,3 +98,38 @@ def test_rejects_non_splat_ply_and_garbage(tmp_path):
         read_ply(tmp_path / "mesh.ply")
     with pytest.raises(SplatPlyError):
         read_ply(b"definitely not a ply file")
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f8"])
+def test_views_without_copies_hold_the_same_values(tmp_path, dtype):
+    # copy=False (the add-on's importer) returns views into one table; the values are the same
+    s = _random_splats(k=8)
+    write_ply(tmp_path / "a.ply", s, frame="head")
+    if dtype != "<f4":  # another tool's big-endian doubles: converted column by column
+        v = PlyData.read(str(tmp_path / "a.ply"))["vertex"].data
+        PlyData([PlyElement.describe(v.astype([(n, dtype) for n in v.dtype.names]), "vertex")], byte_order=">").write(
+            str(tmp_path / "a.ply")
+        )
+    views = read_ply(tmp_path / "a.ply", frame="head", copy=False)
+    copies = read_ply(tmp_path / "a.ply", frame="head")
+    for name, arr in copies.as_dict().items():
+        assert arr.flags.c_contiguous
+        np.testing.assert_array_equal(views.as_dict()[name], arr, err_msg=name)
+        np.testing.assert_array_equal(arr, s.as_dict()[name], err_msg=name)
+    assert not views.shN.flags.c_contiguous  # a strided view, not a copy
+
+
+def test_sh_rotation_is_one_block_matrix_for_all_splats():
+    # the fast path equals the per-splat product of each band matrix
+    from blender_addon.core.sh import band_matrices, rotate_sh
+
+    s = _random_splats(n=50, k=15)
+    rot = frames.HEAD_TO_PLY @ frames.quat_to_matrix(np.array([0.9, 0.1, -0.3, 0.2]))
+    got = rotate_sh(s.shN, rot)
+    want = np.empty_like(s.shN, dtype=np.float64)
+    for ell, d in enumerate(band_matrices(rot, 3), start=1):
+        sl = slice(ell * ell - 1, (ell + 1) ** 2 - 1)
+        for i in range(len(s)):
+            want[i, sl, :] = d @ s.shN[i, sl, :].astype(np.float64)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-6)

@@ -184,3 +184,31 @@ def bake_splats(matrix: np.ndarray, splats: SplatArrays) -> SplatArrays:
     means, quats, log_scales = bake_transform(matrix, splats.means, splats.quats, splats.log_scales)
     shN = rotate_sh(splats.shN, similarity_parts(matrix)[0])
     return type(splats)(means, quats, log_scales, splats.opacity_logits, splats.sh0, shN)
+
+
+def head_to_file(frame: str) -> np.ndarray:
+    """4x4 matrix from the head frame to a file's axes: ``"ply"`` (RDF) or ``"head"`` (identity)."""
+    if frame not in ("ply", "head"):
+        raise ValueError(f"frame must be 'ply' or 'head', got {frame!r}")
+    out = np.eye(4)
+    if frame == "ply":
+        out[:3, :3] = HEAD_TO_PLY
+    return out
+
+
+def snap_matrix(matrix: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """``matrix`` with entries within ``tol`` of an integer set to it: Blender keeps transforms
+    in float32, so a quarter turn holds cos(pi/2) ~ -4.4e-8 where the axes mean 0."""
+    m = np.asarray(matrix, dtype=np.float64)
+    r = np.round(m)
+    return np.where(np.abs(m - r) <= tol, r, m)
+
+
+def to_file_axes(matrix: np.ndarray, splats: SplatArrays) -> SplatArrays:
+    """Splats in their own (mesh) axes, taken by the 4x4 similarity ``matrix`` into a file's
+    axes. A matrix that is the identity once snapped (an imported PLY exported untouched)
+    returns ``splats`` itself, so the file round-trips value for value."""
+    m = snap_matrix(matrix)
+    if np.array_equal(m, np.eye(4)):
+        return splats
+    return bake_splats(m, splats)

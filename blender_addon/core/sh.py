@@ -15,7 +15,7 @@ every d. Each band transforms on its own (bands never mix); the DC term is uncha
 D_l(R) is found by least squares from the basis at 64 well-spread directions: the basis of
 band l spans exactly the functions of that band, so the fit is exact to rounding (the
 residual is checked). It needs no Wigner recursions and is cheap: one (2l+1)^2 matrix per
-band per rotation, then one matmul per band for all splats.
+band per rotation, then one matrix product (all bands, all splats) per cloud.
 
 No bpy and no torch: numpy only, so the add-on (export with a baked transform) and the PLY
 frame conversion both use it.
@@ -103,15 +103,23 @@ def band_matrices(rotation: np.ndarray, degree: int) -> list[np.ndarray]:
 
 
 def rotate_sh(shN: np.ndarray | None, rotation: np.ndarray) -> np.ndarray | None:
-    """Higher SH bands [N, K, 3] (K = 3, 8 or 15) turned by ``rotation``; None stays None."""
+    """Higher SH bands [N, K, 3] (K = 3, 8 or 15) turned by ``rotation``; None stays None.
+
+    The band matrices form one block-diagonal K x K matrix D that serves every splat:
+    out[n, :, c] = D @ shN[n, :, c], i.e. a single [N*3, K] x [K, K] matrix product
+    (float32 data is turned in float32, float64 in float64).
+    """
     if shN is None or shN.shape[1] == 0:
         return shN
     k = shN.shape[1]
     if k not in DEGREE_OF_K:
         raise ValueError(f"shN has {k} coefficients per channel, expected 3, 8 or 15")
-    src = np.asarray(shN, dtype=np.float64)
-    out = np.empty_like(src)
+    block = np.zeros((k, k))
     for ell, d_l in enumerate(band_matrices(rotation, DEGREE_OF_K[k]), start=1):
         sl = slice(ell * ell - 1, (ell + 1) * (ell + 1) - 1)
-        out[:, sl, :] = np.einsum("ij,njc->nic", d_l, src[:, sl, :])
-    return out.astype(shN.dtype)
+        block[sl, sl] = d_l
+    work = np.result_type(shN.dtype, np.float32)
+    # [N, K, 3] -> [N, 3, K] rows, times D^T, back to [N, K, 3]
+    rows = np.ascontiguousarray(np.swapaxes(shN, 1, 2), dtype=work).reshape(-1, k)
+    out = (rows @ block.T.astype(work)).reshape(shN.shape[0], 3, k)
+    return np.ascontiguousarray(np.swapaxes(out, 1, 2), dtype=shN.dtype)

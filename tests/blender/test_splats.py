@@ -10,7 +10,7 @@ bpy = pytest.importorskip("bpy")
 
 from conftest import synthetic_head  # noqa: E402
 
-from blender_addon.core.frames import bake_transform, similarity_parts  # noqa: E402
+from blender_addon.core.frames import PLY_TO_HEAD, bake_transform, similarity_parts  # noqa: E402
 from blender_addon.core.sh import rotate_sh  # noqa: E402
 from blender_addon.core.splat_arrays import sh0_to_rgb, sigmoid  # noqa: E402
 from blender_addon.core.splat_ply import read_ply, write_ply  # noqa: E402
@@ -83,7 +83,55 @@ def test_in_place_update_keeps_object_and_mesh(addon):
     assert splats.get_display(obj)[0] is True
 
 
+def test_ply_import_keeps_file_axes_and_turns_the_object(addon, tmp_path):
+
+    cloud = synthetic_head(600, seed=8, sh_rest=15)  # head frame
+    src = tmp_path / "in.ply"
+    write_ply(src, cloud)  # RDF / OpenCV frame, as 3DGS tools write it
+    raw = read_ply(src, frame="head")  # the file's values, unconverted
+    assert bpy.ops.portraitsplat.import_ply(filepath=str(src)) == {"FINISHED"}
+    obj = bpy.context.active_object
+    mesh = obj.data
+    # the mesh holds the file's values untouched; the axis change is the object's rotation
+    np.testing.assert_array_equal(_attr(mesh, "position", 3), raw.means)
+    np.testing.assert_array_equal(_attr(mesh, "f_dc", 3), raw.sh0)
+    np.testing.assert_array_equal(_attr(mesh, "log_scale", 3), raw.log_scales)
+    np.testing.assert_array_equal(_attr(mesh, "opacity_logit", 1), raw.opacity_logits)
+    np.testing.assert_allclose(_attr(mesh, "rotation", 4), _unit(raw.quats), atol=1e-6)
+    np.testing.assert_allclose(_attr(mesh, "rotation_norm", 1), np.linalg.norm(raw.quats, axis=1), rtol=1e-6)
+    for k in range(15):
+        np.testing.assert_array_equal(_attr(mesh, f"f_rest_{k}", 3), raw.shN[:, k, :])
+    np.testing.assert_allclose(np.array(obj.matrix_world)[:3, :3], PLY_TO_HEAD, atol=1e-7)
+    world = _attr(mesh, "position", 3) @ np.array(obj.matrix_world)[:3, :3].T
+    np.testing.assert_allclose(world, cloud.means, atol=1e-6)  # upright in Blender
+
+
+def test_ply_round_trip_is_value_exact(addon, tmp_path):
+    from plyfile import PlyData
+
+    cloud = synthetic_head(900, seed=9, sh_rest=15)
+    cloud.quats[:5] *= np.array([0.1, 3.0, 7.5, 1.0, 0.5], np.float32)[:, None]  # raw, unnormalised
+    src, out = tmp_path / "in.ply", tmp_path / "out.ply"
+    write_ply(src, cloud)
+    bpy.ops.portraitsplat.import_ply(filepath=str(src))
+    assert bpy.ops.portraitsplat.export_ply(filepath=str(out)) == {"FINISHED"}
+    a, b = PlyData.read(str(src))["vertex"].data, PlyData.read(str(out))["vertex"].data
+    assert a.dtype == b.dtype
+    for name in a.dtype.names:
+        if name.startswith("rot_"):  # |q| * (q / |q|) in float32: within an ulp or two
+            np.testing.assert_allclose(b[name], a[name], rtol=3e-7, atol=0)
+        else:
+            np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    # the same file in Blender's axes, without the object's transform: still the same values
+    bpy.ops.portraitsplat.export_ply(filepath=str(out), apply_transform=False)
+    b = PlyData.read(str(out))["vertex"].data
+    np.testing.assert_array_equal(b["f_rest_44"], a["f_rest_44"])
+    np.testing.assert_array_equal(b["x"], a["x"])
+
+
 def test_exported_ply_equals_input_after_transform_bake(addon, tmp_path):
+    from mathutils import Euler, Matrix, Vector
+
     from blender_addon import splats
 
     cloud = synthetic_head(700, seed=6, sh_rest=8)
@@ -92,14 +140,15 @@ def test_exported_ply_equals_input_after_transform_bake(addon, tmp_path):
     bpy.ops.portraitsplat.import_ply(filepath=str(src))
     obj = bpy.context.active_object
     assert splats.is_splat_object(obj) and len(obj.data.vertices) == 700
-    obj.location = (0.1, -0.2, 1.5)
-    obj.rotation_euler = (0.3, -0.2, 1.1)
-    obj.scale = (1.7, 1.7, 1.7)
+    # the user moves the head (in Blender's axes), on top of the file's axis change
+    user = Matrix.LocRotScale(Vector((0.1, -0.2, 1.5)), Euler((0.3, -0.2, 1.1)), Vector((1.7, 1.7, 1.7)))
+    obj.matrix_world = user @ obj.matrix_world
     bpy.context.view_layer.update()
     out = tmp_path / "out.ply"
-    assert bpy.ops.portraitsplat.export_ply(filepath=str(out)) == {"FINISHED"}
-    got = read_ply(out)
-    means, quats, log_scales = bake_transform(np.array(obj.matrix_world), cloud.means, cloud.quats, cloud.log_scales)
+    assert bpy.ops.portraitsplat.export_ply(filepath=str(out), frame="head") == {"FINISHED"}
+    got = read_ply(out, frame="head")
+    user = np.array(user)
+    means, quats, log_scales = bake_transform(user, cloud.means, cloud.quats, cloud.log_scales)
     np.testing.assert_allclose(got.means, means, atol=1e-5)
     np.testing.assert_allclose(got.log_scales, log_scales, atol=1e-5)
     dots = np.abs(np.sum(_unit(got.quats) * _unit(quats), axis=1))  # q and -q are one rotation
@@ -107,17 +156,11 @@ def test_exported_ply_equals_input_after_transform_bake(addon, tmp_path):
     np.testing.assert_array_equal(got.sh0, cloud.sh0)
     np.testing.assert_array_equal(got.opacity_logits, cloud.opacity_logits)
     # the view-dependent bands turn with the object (the colour maths is tested in test_sh)
-    np.testing.assert_allclose(
-        got.shN, rotate_sh(cloud.shN, similarity_parts(np.array(obj.matrix_world))[0]), atol=1e-5
-    )
+    np.testing.assert_allclose(got.shN, rotate_sh(cloud.shN, similarity_parts(user)[0]), atol=1e-5)
     assert np.max(np.abs(got.shN - cloud.shN)) > 0.01
-    # identity transform: the exported file equals the input
-    obj.location, obj.rotation_euler, obj.scale = (0, 0, 0), (0, 0, 0), (1, 1, 1)
-    bpy.context.view_layer.update()
+    # in PLY axes too: the file reads back as the same head
     bpy.ops.portraitsplat.export_ply(filepath=str(out))
-    same = read_ply(out)
-    np.testing.assert_allclose(same.means, cloud.means, atol=1e-6)
-    np.testing.assert_allclose(np.abs(np.sum(_unit(same.quats) * _unit(cloud.quats), axis=1)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(read_ply(out).means, means, atol=1e-5)
 
 
 def test_import_foreign_ply_without_f_rest(addon, tmp_path):
