@@ -230,7 +230,6 @@ def project(means, quats, scales, viewmat, K, eps2d):
     zs = z.clamp(min=1e-6)
     uv = torch.stack([fx * p[:, 0] / zs + cx, fy * p[:, 1] / zs + cy], dim=-1)
     M = quat_to_rotmat(quats) * scales[:, None, :]  # [N, 3, 3] = R_q S
-    cov_cam = R @ (M @ M.transpose(1, 2)) @ R.T  # [N, 3, 3]
     zero = torch.zeros_like(z)
     J = torch.stack(
         [
@@ -239,7 +238,11 @@ def project(means, quats, scales, viewmat, K, eps2d):
         ],
         dim=1,
     )  # [N, 2, 3]
-    cov2d = J @ cov_cam @ J.transpose(1, 2) + eps2d * torch.eye(2, dtype=means.dtype, device=means.device)
+    # cov2d = J R (M M^T) R^T J^T = A A^T with A = J R M [N, 2, 3]; written with broadcast
+    # products, not batched 3x3 matmuls (bmm of tiny matrices dominated this function on CPU)
+    A = ((J @ R)[:, :, :, None] * M[:, None, :, :]).sum(2)
+    cov2d = (A[:, :, None, :] * A[:, None, :, :]).sum(-1)
+    cov2d = cov2d + eps2d * torch.eye(2, dtype=means.dtype, device=means.device)
     return z, uv, cov2d
 
 
