@@ -253,7 +253,7 @@ def composite_backward(
     out_hit: np.ndarray,  # [E] the forward's contributing entries
     grad_feat: np.ndarray,  # [H, W, 4] dL / d out_feat
     grad_alpha: np.ndarray,  # [H, W] dL / d alpha, alpha = 1 - final transmittance
-    entry_grad: np.ndarray,  # [N_COLUMNS, E] out: per tile-list entry
+    entry_grad: np.ndarray,  # [E, N_COLUMNS] out: per tile-list entry
     n_threads: int,
 ) -> None:
     """Walk each tile's list back to front; each pixel starts at its forward list end.
@@ -344,18 +344,18 @@ def composite_backward(
                     gv += dv
                     abs_u += abs(du)
                     abs_v += abs(dv)
-            entry_grad[_G_U, k] = gu
-            entry_grad[_G_V, k] = gv
-            entry_grad[_G_CXX, k] = gxx
-            entry_grad[_G_CXY, k] = gxy
-            entry_grad[_G_CYY, k] = gyy
-            entry_grad[_G_OPACITY, k] = go
-            entry_grad[_G_ABS_U, k] = abs_u
-            entry_grad[_G_ABS_V, k] = abs_v
-            entry_grad[_G_FEAT, k] = gf0
-            entry_grad[_G_FEAT + 1, k] = gf1
-            entry_grad[_G_FEAT + 2, k] = gf2
-            entry_grad[_G_FEAT + 3, k] = gf3
+            entry_grad[k, _G_U] = gu
+            entry_grad[k, _G_V] = gv
+            entry_grad[k, _G_CXX] = gxx
+            entry_grad[k, _G_CXY] = gxy
+            entry_grad[k, _G_CYY] = gyy
+            entry_grad[k, _G_OPACITY] = go
+            entry_grad[k, _G_ABS_U] = abs_u
+            entry_grad[k, _G_ABS_V] = abs_v
+            entry_grad[k, _G_FEAT] = gf0
+            entry_grad[k, _G_FEAT + 1] = gf1
+            entry_grad[k, _G_FEAT + 2] = gf2
+            entry_grad[k, _G_FEAT + 3] = gf3
 
 
 def splat_table(uv: np.ndarray, conic: np.ndarray, opacity: np.ndarray, feat: np.ndarray) -> np.ndarray:
@@ -377,15 +377,18 @@ def splat_table(uv: np.ndarray, conic: np.ndarray, opacity: np.ndarray, feat: np
 
 
 @numba.njit(parallel=True, cache=True)
-def sum_entries(ids: np.ndarray, hit: np.ndarray, entry_grad: np.ndarray, n: int) -> np.ndarray:
-    """Per-splat sums [columns, N] of the per-entry gradients [columns, E] (one column per
-    thread); entries that hit no pixel are 0 and skipped."""
-    n_col, n_entries = entry_grad.shape
-    out = np.zeros((n_col, n))
-    for j in numba.prange(n_col):
+def sum_entries(ids: np.ndarray, hit: np.ndarray, entry_grad: np.ndarray, n: int, n_threads: int) -> np.ndarray:
+    """Per-splat sums [N, columns] of the per-entry gradients [E, columns]. Thread j sums the
+    splats with id % n_threads == j, so no two threads write one row and the order of the sum
+    is fixed (deterministic); entries that hit no pixel are 0 and skipped."""
+    n_entries, n_col = entry_grad.shape
+    out = np.zeros((n, n_col))
+    for j in numba.prange(n_threads):
         for k in range(n_entries):
-            if hit[k]:
-                out[j, ids[k]] += entry_grad[j, k]
+            s = ids[k]
+            if hit[k] and s % n_threads == j:
+                for c in range(n_col):
+                    out[s, c] += entry_grad[k, c]
     return out
 
 
@@ -431,7 +434,7 @@ class _Composite(torch.autograd.Function):
         H, W = plan.height, plan.width
         g_feat = np.zeros((H, W, N_FEAT))
         g_feat[..., :k] = grad_feat.to(torch.float64).numpy()
-        entry_grad = np.zeros((N_COLUMNS, len(plan.ids)))  # entries behind every pixel stay 0
+        entry_grad = np.zeros((len(plan.ids), N_COLUMNS))  # entries behind every pixel stay 0
         composite_backward(
             ctx.table,
             plan.boxes,
@@ -445,7 +448,7 @@ class _Composite(torch.autograd.Function):
             entry_grad,
             numba.get_num_threads(),
         )
-        g = torch.from_numpy(sum_entries(plan.ids, ctx.saved[2], entry_grad, n))
+        g = torch.from_numpy(sum_entries(plan.ids, ctx.saved[2], entry_grad, n, numba.get_num_threads())).T
         dtype = grad_feat.dtype
         if ctx.absgrad_out is not None:
             ctx.absgrad_out += g[_G_ABS_U : _G_ABS_V + 1].T.to(ctx.absgrad_out.dtype)
