@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 import backend
@@ -58,6 +59,7 @@ from blender_addon.core.protocol import (
     SubmitJob,
     session_topic,
 )
+from blender_addon.core.splat_arrays import SplatArrays
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Server(RequestHandlers):
         self.pub: zmq.Socket[Any] | None = None
         self.info: ConnectionInfo | None = None
         self._submitters: dict[str, list[bytes]] = {}  # job_id -> ROUTER identities of its submitter
+        self._deliver: set[str] = set()  # job ids whose submitter wants the splats on job_done
         self._running: Running | None = None
         self.events = LatestWinsPublisher(self._publish)
         self._next_heartbeat = 0.0
@@ -279,7 +282,13 @@ class Server(RequestHandlers):
             elif isinstance(msg, WorkerResult):
                 self.store.write_result(job_id, msg.splats)
                 self._end_job(
-                    record, jobs_mod.DONE, None, n_gaussians=len(msg.splats), metrics=msg.metrics, elapsed=msg.elapsed_s
+                    record,
+                    jobs_mod.DONE,
+                    None,
+                    n_gaussians=len(msg.splats),
+                    metrics=msg.metrics,
+                    elapsed=msg.elapsed_s,
+                    splats=msg.splats,
                 )
             elif isinstance(msg, JobFailed):
                 state = jobs_mod.CANCELLED if msg.code == "cancelled" else jobs_mod.FAILED
@@ -294,12 +303,21 @@ class Server(RequestHandlers):
         n_gaussians: int | None = None,
         metrics: dict[str, Any] | None = None,
         elapsed: float = 0.0,
+        splats: SplatArrays | None = None,
     ) -> None:
-        """Persist the final state, tell the submitter, free the worker."""
+        """Persist the final state, tell the submitter, free the worker. A submitter that
+        asked ``deliver_result`` gets the final ``splats`` on its ``job_done`` (in memory:
+        nothing is read back from the job folder)."""
         self.store.finish(record, state, error=error, n_gaussians=n_gaussians, metrics=metrics)
+        deliver = record.job_id in self._deliver
+        self._deliver.discard(record.job_id)
         if state == jobs_mod.DONE:
             final: Message = JobDone(
-                job_id=record.job_id, n_gaussians=n_gaussians or 0, elapsed_s=elapsed, metrics=metrics or {}
+                job_id=record.job_id,
+                n_gaussians=n_gaussians or 0,
+                elapsed_s=elapsed,
+                metrics=metrics or {},
+                splats=splats.astype(np.float32) if deliver and splats is not None else None,
             )
             log.info("job %s done: %d Gaussians in %.1f s", record.job_id, n_gaussians or 0, elapsed)
         else:

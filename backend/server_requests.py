@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import zmq
 
 import backend
@@ -51,6 +52,7 @@ from blender_addon.core.protocol import (
     Welcome,
     session_topic,
 )
+from blender_addon.core.splat_arrays import SplatArrays
 
 log = logging.getLogger("backend.server")
 MAX_WORKER_START_FAILURES = 3  # consecutive crashes before ready: then fail the queue and back off
@@ -73,6 +75,7 @@ class RequestHandlers:
     executor: Executor
     router: zmq.Socket[Any] | None
     _submitters: dict[str, list[bytes]]
+    _deliver: set[str]
     _running: Running | None
     _stopping: bool
     _worker_failures: int
@@ -195,6 +198,8 @@ class RequestHandlers:
         self.store.create(record, msg.image, request)
         position = self.queue.push(record.job_id) + (1 if self._running is not None else 0)
         self._submitters[record.job_id] = list(env.identities)
+        if msg.deliver_result:
+            self._deliver.add(record.job_id)
         log.info(
             "job %s queued (%s/%s, %d bytes, position %d)",
             record.job_id,
@@ -239,7 +244,11 @@ class RequestHandlers:
                 hint=err.get("hint", "") if record.terminal else "Wait for job_done.",
             )
         try:
-            splats, ply = self.store.read_result(record.job_id)
+            if msg.include_ply:
+                splats, ply = self.store.read_result(record.job_id)
+            else:  # the exact arrays only: the PLY holds the same splats again
+                with np.load(self.store.job_dir(record.job_id) / "result.npz", allow_pickle=False) as data:
+                    splats, ply = SplatArrays.from_dict({k: data[k] for k in data.files}), b""
         except (OSError, ValueError, KeyError) as exc:
             raise PortraitSplatError(
                 f"The result files of job {record.job_id} cannot be read: {exc}",
@@ -265,6 +274,7 @@ class RequestHandlers:
                 hint=f"Check the permissions of {self.store.jobs_dir}.",
             ) from exc
         self._submitters.pop(record.job_id, None)
+        self._deliver.discard(record.job_id)
         self.events.forget(record.job_id)
         log.info("job %s: deleted (%.1f MB freed)", record.job_id, freed / 2**20)
         self._reply(env, DeleteReply(job_id=record.job_id, freed_bytes=freed))

@@ -1,7 +1,7 @@
 """PortraitSplat for Blender: one portrait photo in, a Gaussian-splat head out.
 
 This package is a Blender extension (see ``blender_manifest.toml``). Importing it does not
-import ``bpy``: the bpy layer (props, prefs, ops, ui, sync, splats, turntable) loads inside
+import ``bpy``: the bpy layer (props, prefs, ops, ui, controller, splats, turntable) loads inside
 :func:`register`, so ``blender_addon.core`` stays usable from the backend and from tests.
 """
 
@@ -19,7 +19,7 @@ def _modules():
 def register() -> None:
     import bpy
 
-    from . import ops, props, sync
+    from . import controller, ops, props
 
     for module in _modules():
         for cls in module.classes:
@@ -28,17 +28,17 @@ def register() -> None:
     props.register_properties()
     bpy.types.TOPBAR_MT_file_import.append(ops.menu_import)
     bpy.types.TOPBAR_MT_file_export.append(ops.menu_export)
-    bpy.app.handlers.load_post.append(sync.on_load_post)
+    bpy.app.handlers.load_post.append(controller.on_load_post)
 
 
 def unregister() -> None:
     import bpy
 
-    from . import ops, props, sync
+    from . import controller, ops, props
 
-    sync.shutdown_all()
-    if sync.on_load_post in bpy.app.handlers.load_post:
-        bpy.app.handlers.load_post.remove(sync.on_load_post)
+    controller.shutdown_all()
+    if controller.on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(controller.on_load_post)
     bpy.types.TOPBAR_MT_file_export.remove(ops.menu_export)
     bpy.types.TOPBAR_MT_file_import.remove(ops.menu_import)
     props.unregister_properties()

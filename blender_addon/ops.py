@@ -1,4 +1,4 @@
-"""Operators: each ``execute`` hands off to sync/splats/turntable/core and reports."""
+"""Operators: each ``execute`` hands off to controller/splats/turntable/core and reports."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import splats, sync, turntable
+from . import controller, splats, turntable
 from .core.frames import head_to_file, to_file_axes
 from .core.splat_arrays import SplatArrays
 from .core.splat_ply import SplatPlyError, read_ply, write_ply
@@ -19,7 +19,7 @@ FRAME_ITEMS = (
 )
 
 
-def _report_user_error(op, exc: sync.UserError) -> set[str]:
+def _report_user_error(op, exc: controller.UserError) -> set[str]:
     op.report({"ERROR"}, str(exc))
     return {"CANCELLED"}
 
@@ -32,9 +32,9 @@ class PORTRAITSPLAT_OT_connect(bpy.types.Operator):
 
     def execute(self, context):
         try:
-            welcome = sync.connect(context)
-        except sync.UserError as exc:
-            sync.set_status(context, exc.message, error=True, hint=exc.hint)
+            welcome = controller.connect(context)
+        except controller.UserError as exc:
+            controller.set_status(context, exc.message, error=True, hint=exc.hint)
             return _report_user_error(self, exc)
         self.report({"INFO"}, f"Connected to backend {welcome.server_version} ({welcome.device})")
         return {"FINISHED"}
@@ -47,7 +47,7 @@ class PORTRAITSPLAT_OT_disconnect(bpy.types.Operator):
     bl_label = "Disconnect"
 
     def execute(self, context):
-        sync.disconnect(context)
+        controller.disconnect(context)
         return {"FINISHED"}
 
 
@@ -66,7 +66,7 @@ class PORTRAITSPLAT_OT_generate(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return not sync.runtime(context).active_job
+        return not controller.runtime(context).active_job
 
     def execute(self, context):
         try:
@@ -75,9 +75,9 @@ class PORTRAITSPLAT_OT_generate(bpy.types.Operator):
             self.report({"ERROR"}, f"Options are not valid JSON: {exc}")
             return {"CANCELLED"}
         try:
-            job_id = sync.submit(context, context.scene.portraitsplat, pipeline=self.pipeline, options=options)
-        except sync.UserError as exc:
-            sync.set_status(context, exc.message, error=True, hint=exc.hint)
+            job_id = controller.submit(context, context.scene.portraitsplat, pipeline=self.pipeline, options=options)
+        except controller.UserError as exc:
+            controller.set_status(context, exc.message, error=True, hint=exc.hint)
             return _report_user_error(self, exc)
         self.report({"INFO"}, f"PortraitSplat job {job_id} submitted")
         return {"FINISHED"}
@@ -91,12 +91,12 @@ class PORTRAITSPLAT_OT_cancel(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return bool(sync.runtime(context).active_job)
+        return bool(controller.runtime(context).active_job)
 
     def execute(self, context):
         try:
-            sync.cancel(context)
-        except sync.UserError as exc:
+            controller.cancel(context)
+        except controller.UserError as exc:
             return _report_user_error(self, exc)
         return {"FINISHED"}
 
@@ -109,9 +109,9 @@ class PORTRAITSPLAT_OT_refresh_jobs(bpy.types.Operator):
 
     def execute(self, context):
         try:
-            sync.connect(context)
-            sync.refresh_jobs(context)
-        except sync.UserError as exc:
+            controller.connect(context)
+            controller.refresh_jobs(context)
+        except controller.UserError as exc:
             return _report_user_error(self, exc)
         return {"FINISHED"}
 
@@ -126,11 +126,11 @@ class PORTRAITSPLAT_OT_import_job(bpy.types.Operator):
 
     def execute(self, context):
         try:
-            sync.connect(context)
-            obj = sync.import_result(context, self.job_id)
-        except sync.UserError as exc:
+            controller.connect(context)
+            controller.fetch_result(context, self.job_id)  # never waits: the timer shows it when it comes
+        except controller.UserError as exc:
             return _report_user_error(self, exc)
-        self.report({"INFO"}, f"Imported {len(obj.data.vertices)} splats into '{obj.name}'")
+        self.report({"INFO"}, f"Fetching the result of job {self.job_id}")
         return {"FINISHED"}
 
 
@@ -147,9 +147,9 @@ class PORTRAITSPLAT_OT_delete_job(bpy.types.Operator):
 
     def execute(self, context):
         try:
-            sync.connect(context)
-            freed = sync.delete_job(context, self.job_id)
-        except sync.UserError as exc:
+            controller.connect(context)
+            freed = controller.delete_job(context, self.job_id)
+        except controller.UserError as exc:
             return _report_user_error(self, exc)
         self.report({"INFO"}, f"Deleted job {self.job_id} ({freed / 2**20:.1f} MiB freed)")
         return {"FINISHED"}
@@ -272,7 +272,7 @@ class PORTRAITSPLAT_OT_turntable(bpy.types.Operator):
 
 
 def _select_only(context, obj) -> None:
-    context.view_layer.update()  # newly linked objects join view_layer.objects on sync
+    context.view_layer.update()  # newly linked objects join view_layer.objects on controller
     for o in context.view_layer.objects:
         o.select_set(False)
     if obj.name in context.view_layer.objects:

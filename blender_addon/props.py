@@ -78,7 +78,7 @@ class PORTRAITSPLAT_PG_job(bpy.types.PropertyGroup):
 
 
 class PORTRAITSPLAT_PG_runtime(bpy.types.PropertyGroup):
-    """Live state mirrored from the backend by the sync timer."""
+    """Live state mirrored from the backend by the controller timer."""
 
     connected: BoolProperty(name="Connected", default=False)
     backend_info: StringProperty(name="Backend")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import splats, sync
+from . import controller, splats
 from .props import PIPELINES, photo_icon_id
 
 
@@ -55,11 +55,11 @@ class PORTRAITSPLAT_PT_main(_Panel, bpy.types.Panel):
         col = layout.column(align=True)
         col.label(text="Pipeline")
         for key, label, _ in PIPELINES:
-            available, why = sync.pipeline_available(context, key)
+            available, why = controller.pipeline_available(context, key)
             r = col.row(align=True)
             r.enabled = available
             r.prop_enum(settings, "pipeline", key, text=label if available else f"{label} (unavailable)")
-        ok, why = sync.pipeline_available(context, settings.pipeline)
+        ok, why = controller.pipeline_available(context, settings.pipeline)
         if not ok:
             col.label(text=why, icon="ERROR")
 

@@ -42,7 +42,7 @@ def test_offline_build_lists_every_wheel_and_a_valid_manifest(tmp_path):
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
         manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
-    assert {"__init__.py", "splats.py", "sync.py", "core/splat_arrays.py", "core/backend_launcher.py"} <= names
+    assert {"__init__.py", "splats.py", "controller.py", "core/splat_arrays.py", "core/backend_launcher.py"} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert sorted(Path(w).name for w in manifest["wheels"]) == EXPECTED
     assert {f"wheels/{w}" for w in EXPECTED} <= names

@@ -23,6 +23,11 @@ Usage::
             if isinstance(msg, (JobDone, JobFailed)): ...
     splats, ply_bytes = client.get_result(job_id)
     client.close()
+
+Nothing that a timer calls needs to wait: ``submit(..., deliver_result=True)`` makes the
+final splats arrive on the job's ``JobDone`` (``JobDone.splats``) through :meth:`poll`, and
+:meth:`fetch_result` sends a ``get_result`` without waiting: its ``Result`` (or a
+:class:`FetchFailed`) comes out of a later :meth:`poll`.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import zmq
 
@@ -92,6 +98,17 @@ class ServiceTimeout(ServiceError, TimeoutError):
         super().__init__("timeout", message, hint)
 
 
+@dataclass
+class FetchFailed(Message):
+    """A :meth:`Client.fetch_result` the server refused (client-side event, never on the wire)."""
+
+    msg_type: ClassVar[str] = "fetch_failed"
+    job_id: str
+    code: str
+    message: str
+    hint: str = ""
+
+
 class Client:
     """A connection to one backend server.
 
@@ -132,6 +149,7 @@ class Client:
         self.sub.connect(self.info.pub_url)
         self._events: deque[Message] = deque()  # arrived while waiting for a reply
         self._finished: set[str] = set()  # job ids whose terminal event was delivered
+        self._fetches: dict[str, str] = {}  # msg_id of a get_result in flight -> job id
         self.welcome: Welcome | None = None
         self.last_heartbeat: Heartbeat | None = None
         self.last_heartbeat_at: float | None = None  # time.monotonic()
@@ -214,6 +232,11 @@ class Client:
         self.dealer.close(linger=0)
         self.dealer = self._socket(zmq.DEALER)
         self.dealer.connect(self.info.router_url)
+        for job_id in self._fetches.values():  # their replies would go to the closed socket
+            self._events.append(
+                FetchFailed(job_id=job_id, code="timeout", message="the connection was reset", hint="Import it again.")
+            )
+        self._fetches.clear()
 
     def close(self) -> None:
         if self.closed:
@@ -257,8 +280,18 @@ class Client:
                     self.dropped_messages += 1
                     log.warning("dropped an undecodable message from the backend: %s", exc)
                     continue
+                if env.parent_id in self._fetches:
+                    out.append(self._fetch_answer(env.parent_id, env.message))
+                    continue
                 out.append(env.message)
         return self._filter(out)
+
+    def _fetch_answer(self, msg_id: str, message: Message) -> Message:
+        """The event for the reply to a :meth:`fetch_result`: its ``Result``, or a ``FetchFailed``."""
+        job_id = self._fetches.pop(msg_id)
+        if isinstance(message, Error):
+            return FetchFailed(job_id=job_id, code=message.code, message=message.message, hint=message.hint)
+        return message
 
     def _filter(self, messages: list[Message]) -> list[Message]:
         newest_preview: dict[str, int] = {}
@@ -306,7 +339,9 @@ class Client:
             if env.parent_id != msg_id and not (env.parent_id == "" and isinstance(env.message, Error)):
                 # (an Error without a parent answers a request the server could not decode:
                 # ours, since this client has one request in flight at a time)
-                if isinstance(env.message, TERMINAL):
+                if env.parent_id in self._fetches:  # a fetch_result answered while we waited
+                    self._events.append(self._fetch_answer(env.parent_id, env.message))
+                elif isinstance(env.message, TERMINAL):
                     self._events.append(env.message)  # a job ended while we waited
                 else:
                     log.debug("ignored a stale %s reply", env.message.msg_type)
@@ -339,9 +374,12 @@ class Client:
         preview_hz: float | None = None,
         preview_dtype: str | None = None,
         evaluate: bool = True,
+        deliver_result: bool = False,
         timeout: float = 30.0,
     ) -> str:
-        """Queue a job; returns its id. Events follow on :meth:`poll`."""
+        """Queue a job; returns its id. Events follow on :meth:`poll`. With ``deliver_result``
+        the final splats come on the ``JobDone`` (a server older than protocol 1.3 sends
+        none: then :meth:`fetch_result`)."""
         msg = SubmitJob(
             image=bytes(image),
             pipeline=pipeline,
@@ -353,6 +391,7 @@ class Client:
             preview_hz=preview_hz,
             preview_dtype=preview_dtype,
             evaluate=bool(evaluate),
+            deliver_result=bool(deliver_result),
         )
         reply = self._request(msg, JobAccepted, timeout)
         return reply.job_id
@@ -376,6 +415,17 @@ class Client:
         """(Gaussians in the head frame, result.ply bytes) of a finished job."""
         reply = self._request(GetResult(job_id=job_id), Result, timeout)
         return reply.splats, reply.ply
+
+    def fetch_result(self, job_id: str, *, include_ply: bool = False) -> str:
+        """Ask for a finished job's result without waiting; returns the request's msg_id. The
+        ``Result`` (or a :class:`FetchFailed`) comes out of a later :meth:`poll`."""
+        msg_id = self.session.send(self.dealer, GetResult(job_id=job_id, include_ply=include_ply))
+        self._fetches[msg_id] = job_id
+        return msg_id
+
+    def fetches_in_flight(self) -> list[str]:
+        """Job ids whose :meth:`fetch_result` has not been answered yet."""
+        return list(self._fetches.values())
 
     def delete_job(self, job_id: str, timeout: float = 10.0) -> int:
         """Remove an ended job and its folder on the server; returns the bytes freed.

@@ -28,7 +28,7 @@ def _free_port() -> int:
 
 
 def test_protocol_version_mismatch_names_the_fix(prefs_entry, tmp_path, monkeypatch):
-    from blender_addon import sync
+    from blender_addon import controller
     from blender_addon.core import client as client_mod
     from blender_addon.core.protocol import ProtocolError
 
@@ -52,19 +52,19 @@ def test_protocol_version_mismatch_names_the_fix(prefs_entry, tmp_path, monkeypa
     monkeypatch.setattr(client_mod.Client, "connect", newer_backend)
     with pytest.raises(RuntimeError, match="another protocol version.*same PortraitSplat release"):
         bpy.ops.portraitsplat.connect()
-    rt = sync.runtime()
+    rt = controller.runtime()
     assert not rt.connected and rt.status_is_error and "same PortraitSplat release" in rt.hint
-    assert sync.connection().client is None
+    assert controller.connection().client is None
 
 
 def test_unreachable_address_times_out_with_a_hint(prefs_entry):
-    from blender_addon import sync
+    from blender_addon import controller
 
     prefs_entry.connection_mode = "ADDRESS"
     prefs_entry.request_port, prefs_entry.pub_port = _free_port(), _free_port()
-    with pytest.raises(sync.UserError) as err:
-        sync.connect(bpy.context, timeout=0.5)
+    with pytest.raises(controller.UserError) as err:
+        controller.connect(bpy.context, timeout=0.5)
     assert "not reachable" in err.value.message and "python -m backend serve" in err.value.hint
     prefs_entry.request_port = 0
-    with pytest.raises(sync.UserError, match="ports are not set"):
-        sync.connect(bpy.context, timeout=0.5)
+    with pytest.raises(controller.UserError, match="ports are not set"):
+        controller.connect(bpy.context, timeout=0.5)

@@ -2,7 +2,7 @@
 
 The backend runs in the main venv (torch, models); Blender's side runs here, in the bpy
 venv. ``bpy.app.timers`` do not fire without Blender's event loop, so the tests call the
-timer callback ``sync.tick`` themselves, exactly as the timer would.
+timer callback ``controller.tick`` themselves, exactly as the timer would.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def launched(addon, tmp_path, monkeypatch):
     """Preferences set to launch the backend from the main venv; disconnects afterwards."""
     if not BACKEND_PYTHON.exists():
         pytest.skip(f"no backend venv at {BACKEND_PYTHON} (run scripts/test.sh once)")
-    from blender_addon import prefs, sync
+    from blender_addon import controller, prefs
 
     monkeypatch.setenv("PORTRAITSPLAT_TEST_PIPELINES", "1")  # offers the 'synthetic' test pipeline
     entry = bpy.context.preferences.addons.new()
@@ -38,17 +38,17 @@ def launched(addon, tmp_path, monkeypatch):
     p.state_dir = str(tmp_path / "backend")
     p.launch_timeout = 180
     bpy.context.scene.portraitsplat.photo = str(PHOTO)
-    yield sync
-    sync.disconnect(bpy.context)
+    yield controller
+    controller.disconnect(bpy.context)
     bpy.context.preferences.addons.remove(entry)
 
 
-def _drive(sync, until, timeout: float, on_tick=None):
+def _drive(controller, until, timeout: float, on_tick=None):
     """Call the timer callback until ``until()`` is true."""
     deadline = time.monotonic() + timeout
     while not until():
-        assert time.monotonic() < deadline, f"timed out; status: {sync.runtime().status!r}"
-        interval = sync.tick()
+        assert time.monotonic() < deadline, f"timed out; status: {controller.runtime().status!r}"
+        interval = controller.tick()
         assert interval is not None, "the timer stopped while connected"
         if on_tick is not None:
             on_tick()
@@ -64,15 +64,15 @@ def _watch_object(job_id, seen):
 
 
 def test_generate_streams_previews_into_one_object(launched):
-    sync = launched
+    controller = launched
     assert bpy.ops.portraitsplat.generate(
         pipeline="synthetic", options='{"n_gaussians": 1500, "steps": 8, "step_seconds": 0.15}'
     ) == {"FINISHED"}
-    rt = sync.runtime()
+    rt = controller.runtime()
     job_id = rt.active_job
-    assert job_id and bpy.app.timers.is_registered(sync.tick)
+    assert job_id and bpy.app.timers.is_registered(controller.tick)
     seen = set()
-    _drive(sync, lambda: not rt.active_job, 120, on_tick=lambda: _watch_object(job_id, seen))
+    _drive(controller, lambda: not rt.active_job, 120, on_tick=lambda: _watch_object(job_id, seen))
     assert "done" in rt.status, rt.status
     assert rt.previews_received >= 1 and rt.progress == 1.0
     assert len(seen) == 1, "previews and the final result must reuse one object and one mesh"
@@ -83,7 +83,9 @@ def test_generate_streams_previews_into_one_object(launched):
     # the job list shows it, and re-importing updates the same object
     assert bpy.ops.portraitsplat.refresh_jobs() == {"FINISHED"}
     assert job_id in [j.job_id for j in rt.jobs]
-    assert bpy.ops.portraitsplat.import_job(job_id=job_id) == {"FINISHED"}
+    assert bpy.ops.portraitsplat.import_job(job_id=job_id) == {"FINISHED"}  # asks; a later tick shows it
+    _drive(controller, lambda: not controller.connection().client.fetches_in_flight(), 60)
+    assert "done" in rt.status and not rt.status_is_error, rt.status
     assert (
         splats.find_object(job_id) == obj
         and len([o for o in bpy.data.objects if o.get("portraitsplat") == job_id]) == 1
@@ -92,21 +94,22 @@ def test_generate_streams_previews_into_one_object(launched):
     assert bpy.ops.portraitsplat.delete_job(job_id=job_id) == {"FINISHED"}
     assert job_id not in [j.job_id for j in rt.jobs] and "deleted" in rt.status
     assert splats.find_object(job_id) == obj and len(obj.data.vertices) == 1500
-    with pytest.raises(RuntimeError, match="no job"):
-        bpy.ops.portraitsplat.import_job(job_id=job_id)
+    assert bpy.ops.portraitsplat.import_job(job_id=job_id) == {"FINISHED"}
+    _drive(controller, lambda: rt.status_is_error, 60)
+    assert "could not be fetched" in rt.status and "no job" in rt.status, rt.status
 
 
 def test_cancel_and_unavailable_pipeline(launched):
-    sync = launched
+    controller = launched
     bpy.ops.portraitsplat.generate(pipeline="synthetic", options='{"steps": 200, "step_seconds": 0.1}')
-    rt = sync.runtime()
-    _drive(sync, lambda: rt.stage not in ("", "queued"), 120)
+    rt = controller.runtime()
+    _drive(controller, lambda: rt.stage not in ("", "queued"), 120)
     assert bpy.ops.portraitsplat.cancel() == {"FINISHED"}
-    _drive(sync, lambda: not rt.active_job, 60)
+    _drive(controller, lambda: not rt.active_job, 60)
     assert rt.stage == "cancelled" and not rt.status_is_error
     # the first welcome may predate the worker; the timer refreshes it from the heartbeats
-    _drive(sync, lambda: sync.connection().welcome.worker_state in ("ready", "busy"), 30)
-    assert "synthetic" in sync.connection().welcome.pipelines
+    _drive(controller, lambda: controller.connection().welcome.worker_state in ("ready", "busy"), 30)
+    assert "synthetic" in controller.connection().welcome.pipelines
     with pytest.raises(
         RuntimeError, match="'no-such-pipeline' pipeline is unavailable: this backend does not offer it"
     ):
@@ -114,7 +117,7 @@ def test_cancel_and_unavailable_pipeline(launched):
 
 
 def test_missing_backend_python_says_what_to_do(addon, tmp_path):
-    from blender_addon import prefs, sync
+    from blender_addon import controller, prefs
 
     entry = bpy.context.preferences.addons.new()
     entry.module = prefs.ADDON_ID
@@ -123,7 +126,7 @@ def test_missing_backend_python_says_what_to_do(addon, tmp_path):
         p.connection_mode, p.python_path, p.state_dir = "LAUNCH", str(tmp_path / "no" / "python"), str(tmp_path)
         with pytest.raises(RuntimeError, match="Backend Python"):
             bpy.ops.portraitsplat.connect()
-        assert sync.runtime().status_is_error and not sync.runtime().connected
+        assert controller.runtime().status_is_error and not controller.runtime().connected
         p.connection_mode, p.connection_file = "FILE", str(tmp_path / "missing.json")
         with pytest.raises(RuntimeError, match="python -m backend serve"):
             bpy.ops.portraitsplat.connect()
@@ -133,14 +136,14 @@ def test_missing_backend_python_says_what_to_do(addon, tmp_path):
 
 def test_end_to_end_photo_pipeline_preview(launched):
     """The example photo through the real photo pipeline, preset 'preview'."""
-    sync = launched
+    controller = launched
     settings = bpy.context.scene.portraitsplat
     settings.pipeline, settings.preset = "photo", "preview"
     assert bpy.ops.portraitsplat.generate() == {"FINISHED"}
-    rt = sync.runtime()
+    rt = controller.runtime()
     job_id = rt.active_job
     seen = set()
-    _drive(sync, lambda: not rt.active_job, 420, on_tick=lambda: _watch_object(job_id, seen))
+    _drive(controller, lambda: not rt.active_job, 420, on_tick=lambda: _watch_object(job_id, seen))
     assert "done" in rt.status, f"{rt.status} / {rt.hint}"
     from blender_addon import splats
 
@@ -159,12 +162,12 @@ def test_end_to_end_photo_pipeline_preview(launched):
 
 
 def test_backend_exit_is_reported(launched):
-    sync = launched
+    controller = launched
     assert bpy.ops.portraitsplat.connect() == {"FINISHED"}
-    proc = sync.connection().process
+    proc = controller.connection().process
     proc.popen.kill()  # the backend this test launched
     proc.popen.wait(timeout=10)
-    assert sync.tick() is not None
-    rt = sync.runtime()
+    assert controller.tick() is not None
+    rt = controller.runtime()
     assert not rt.connected and rt.status_is_error and "backend exited" in rt.status and "backend.log" in rt.hint
-    assert sync.tick() is None, "the timer stops once disconnected"
+    assert controller.tick() is None, "the timer stops once disconnected"

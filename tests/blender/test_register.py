@@ -41,10 +41,10 @@ def test_register_unregister_twice(bpy_clean):
         assert not hasattr(bpy.types.Scene, "portraitsplat_turntable")
         assert not hasattr(bpy.types.WindowManager, "portraitsplat")
         assert len(bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()) == import_menu_before
-        from blender_addon import props, sync
+        from blender_addon import controller, props
 
         assert props._previews["collection"] is None
-        assert not bpy.app.timers.is_registered(sync.tick)
+        assert not bpy.app.timers.is_registered(controller.tick)
         assert not any(getattr(h, "__module__", "").startswith("blender_addon") for h in bpy.app.handlers.load_post)
 
 

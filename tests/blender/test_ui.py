@@ -127,10 +127,10 @@ class _WithLayout:
 
 
 def test_unavailable_pipeline_is_greyed_out(addon):
-    from blender_addon import sync, ui
+    from blender_addon import controller, ui
     from blender_addon.core.protocol import Welcome
 
-    conn = sync.connection()
+    conn = controller.connection()
     conn.welcome = Welcome(
         server_version="0",
         protocol_version="1.0",
@@ -139,8 +139,8 @@ def test_unavailable_pipeline_is_greyed_out(addon):
         worker_state="ready",
     )
     try:
-        assert sync.pipeline_available(bpy.context, "photo") == (True, "")
-        ok, why = sync.pipeline_available(bpy.context, "stylize")
+        assert controller.pipeline_available(bpy.context, "photo") == (True, "")
+        ok, why = controller.pipeline_available(bpy.context, "stylize")
         assert not ok and "models download" in why
         bpy.context.scene.portraitsplat.pipeline = "stylize"
         calls = _draw(ui.PORTRAITSPLAT_PT_main, bpy.context)

@@ -8,7 +8,9 @@ import numpy as np
 
 from ..errors import PortraitSplatError
 
-PROTOCOL_VERSION = "1.2"  # major.minor; peers with a different major refuse each other (1.1: delete_job; 1.2: evaluate)
+# major.minor; peers with a different major refuse each other (1.1: delete_job; 1.2: evaluate;
+# 1.3: submit_job.deliver_result -> job_done.splats, get_result.include_ply)
+PROTOCOL_VERSION = "1.3"
 DELIM = b"<IDS|MSG>"
 SIGNATURE_SCHEME = "hmac-sha256"
 MiB = 2**20

@@ -72,6 +72,9 @@ class SubmitJob(Message):
     preview_hz: float | None = None  # None: the server's default; capped by the server
     preview_dtype: str | None = None  # "float16" | "float32"; None: the server's default
     evaluate: bool = True  # run the offline eval on the result: its figures come back in job_done.metrics["eval"]
+    # 1.3: the final splats ride on this job's job_done (sent to the submitter, once); a 1.2
+    # server ignores the field and the client fetches them with get_result instead
+    deliver_result: bool = False
 
 
 @dataclass
@@ -111,6 +114,8 @@ class JobDone(Message):
     n_gaussians: int = 0
     elapsed_s: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
+    # 1.3: the final Gaussians (head frame, float32), only when the submit asked deliver_result
+    splats: SplatArrays | None = None
 
 
 @dataclass
@@ -154,6 +159,7 @@ class JobList(Message):
 class GetResult(Message):
     msg_type: ClassVar[str] = "get_result"
     job_id: str
+    include_ply: bool = True  # 1.3: False -> Result.ply is empty (the splats travel once)
 
 
 @dataclass
@@ -161,7 +167,7 @@ class Result(Message):
     msg_type: ClassVar[str] = "result"
     job_id: str
     splats: SplatArrays  # head frame, float32, exactly as the pipeline returned them
-    ply: bytes  # the job's result.ply file (RDF/OpenCV frame, what 3DGS viewers expect)
+    ply: bytes  # the job's result.ply file (RDF/OpenCV frame, what 3DGS viewers expect); b"" if not asked
     metrics: dict[str, Any] = field(default_factory=dict)
 
 

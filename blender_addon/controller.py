@@ -1,11 +1,14 @@
-"""The bridge between the backend and the scene: one connection, one timer.
+"""The add-on's session with the backend, and its controller: one connection, one timer.
 
 ``connect`` reaches the backend the way the preferences say (launch it, a connection file,
 or host/ports/key) and performs the ``hello`` handshake. ``tick`` runs from
 ``bpy.app.timers``: it drains ``Client.poll(timeout=0)`` (never blocks), mirrors progress
 into the window-manager properties the panel draws, and writes previews into the job's
-object in place. ``job_done`` fetches the result and replaces the preview with it in the
-same object.
+object in place. The final splats arrive the same way, never by a request the timer waits
+on: jobs are submitted with ``deliver_result``, so ``job_done`` carries them (protocol 1.3)
+and they replace the preview in the same object. From an older backend, or for a job
+imported from the list, ``fetch_result`` sends a ``get_result`` without waiting and a later
+tick shows its ``result``.
 
 Everything here is plain functions over a module-level :class:`Connection`; the operators
 in ``ops.py`` are thin wrappers that forward errors to ``self.report``.
@@ -234,6 +237,7 @@ def submit(context, settings, *, pipeline: str = "", options: dict | None = None
             style_prompt=style_prompt(settings) if pipeline != "photo" else "",
             options=options or {},
             image_name=os.path.basename(path),
+            deliver_result=True,
         )
     )
     _conn.job_scene[job_id] = context.scene.name
@@ -278,11 +282,24 @@ def delete_job(context, job_id: str) -> int:
     return freed
 
 
-def import_result(context, job_id: str) -> bpy.types.Object:
-    """Fetch a finished job's Gaussians and show them (updating its object if it exists)."""
-    result, _ply = _call(lambda c: c.get_result(job_id))
+def fetch_result(context, job_id: str) -> None:
+    """Ask for a finished job's splats without waiting: a later tick shows them."""
+    if job_id in getattr(_conn.client, "fetches_in_flight", list)():
+        return
+    _call(lambda c: c.fetch_result(job_id, include_ply=False))
+    set_status(context, f"Job {job_id}: fetching the result")
+    ensure_timer()
+
+
+def _show_final(context, job_id: str, arrays: SplatArrays) -> bpy.types.Object:
     scene = bpy.data.scenes.get(_conn.job_scene.get(job_id, "")) or context.scene
-    return show_splats(scene, job_id, result, state="final")
+    obj = show_splats(scene, job_id, arrays, state="final")
+    rt = runtime(context)
+    if rt.active_job == job_id:
+        rt.active_job = ""
+        rt.progress, rt.stage, rt.eta = 1.0, "done", -1.0
+    set_status(context, f"Job {job_id} done: {len(obj.data.vertices)} splats in '{obj.name}'")
+    return obj
 
 
 def show_splats(scene, job_id: str, arrays: SplatArrays, *, state: str) -> bpy.types.Object:
@@ -339,7 +356,8 @@ def tick():
     _refresh_welcome(context)
     if messages:
         _redraw(context)
-    return TICK_BUSY if runtime(context).active_job else TICK_IDLE
+    busy = runtime(context).active_job or (_conn.client is not None and _conn.client.fetches_in_flight())
+    return TICK_BUSY if busy else TICK_IDLE
 
 
 def _check_alive(context) -> None:
@@ -380,11 +398,17 @@ def handle_message(context, msg) -> None:
         show_splats(scene, job_id, msg.splats, state="preview")
         rt.previews_received += 1
     elif kind == "job_done":
-        obj = import_result(context, job_id)
-        rt.progress, rt.stage, rt.eta = 1.0, "done", -1.0
+        if msg.splats is not None:
+            _show_final(context, job_id, msg.splats)
+        else:  # a backend older than protocol 1.3: ask, and keep ticking until the answer
+            rt.stage = "fetching"
+            fetch_result(context, job_id)
+    elif kind == "result":
+        _show_final(context, job_id, msg.splats)
+    elif kind == "fetch_failed":
         if rt.active_job == job_id:
             rt.active_job = ""
-        set_status(context, f"Job {job_id} done: {len(obj.data.vertices)} splats in '{obj.name}'")
+        set_status(context, f"Job {job_id}: its result could not be fetched: {msg.message}", error=True, hint=msg.hint)
     elif kind == "job_failed":
         if rt.active_job == job_id:
             rt.active_job = ""
