@@ -12,6 +12,8 @@ Run it in the bpy venv (scripts/setup_blender_venv.sh). Scene: a head-sized elli
 - ply import: ``portraitsplat.import_ply`` of an SH degree 3 PLY against Blender's own
   ``wm.ply_import`` of the same file, in this one process, alternating; the ratio is ours
   over native (median of the repeats; the goal is <= 1.0);
+- splat view (CPU half): per-view depth sort (16-bit keys, radix) + SH3 colours + packing
+  of the instance rows, and the GPU upload where a GPU backend starts (not in background);
 - update: ``update_splat_object`` with a same-size cloud (a live preview), and with a
   different size (clear + re-add on the same mesh);
 - turntable: one Cycles frame (CPU) of ``render_turntable``, ellipsoids and points.
@@ -117,6 +119,47 @@ def bench_ply_import(n: int, repeats: int) -> None:
     os.remove(path)
 
 
+def bench_splat_view(n: int, repeats: int) -> None:
+    from blender_addon.core.splat_view import ViewCache, covariances, depth_order
+
+    rng = np.random.default_rng(2)
+    c = head(n)
+    shN = (0.1 * rng.normal(size=(n, 15, 3))).astype(np.float32)
+    t0 = time.perf_counter()
+    cov = covariances(c.quats, c.log_scales)
+    cov_s = time.perf_counter() - t0
+    views = []
+    for k in range(repeats + 1):
+        a = 0.3 * k  # a camera orbiting the head, 0.3 rad apart: every view re-sorts
+        m = np.eye(4)
+        eye = np.array([0.6 * np.sin(a), -0.6 * np.cos(a), 0.05])
+        f = -eye / np.linalg.norm(eye)
+        r = np.cross(f, [0.0, 0.0, 1.0])
+        r /= np.linalg.norm(r)
+        m[0, :3], m[1, :3], m[2, :3] = r, np.cross(r, f), -f
+        m[:3, 3] = -m[:3, :3] @ eye
+        views.append(m)
+    cache = ViewCache(c.means, c.opacity(), c.sh0, shN, cov)
+    it = iter(views)
+    sort = timed(lambda: depth_order(c.means, views[0]), repeats)
+    full = timed(lambda: cache.update(next(it)), repeats)
+    upload = "n/a (no GPU backend in background mode)"
+    try:
+        import gpu
+
+        data = np.zeros((n * 4, 4), np.float32)
+        t0 = time.perf_counter()
+        buf = gpu.types.Buffer("FLOAT", data.size, data.ravel())
+        gpu.types.GPUTexture((4, n), format="RGBA32F", data=buf)
+        upload = f"{(time.perf_counter() - t0) * 1e3:7.1f} ms"
+    except (SystemError, RuntimeError, ValueError) as exc:  # no GPU context here
+        upload = f"n/a ({str(exc)[:60]})"
+    print(
+        f"splat view {n:>7,} splats SH3: covariances (once) {cov_s * 1e3:7.1f} ms, depth sort {sort * 1e3:7.1f} ms, "
+        f"sort + colours + pack per view {full * 1e3:7.1f} ms, upload {upload}"
+    )
+
+
 def bench_update(n: int, repeats: int) -> None:
     fresh()
     obj = splats.create_splat_object(bpy.context.scene, "bench", head(n))
@@ -151,6 +194,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--counts", default="100000,1000000")
     ap.add_argument("--ply", default="1000000", help="splat counts for the PLY import against native")
+    ap.add_argument("--view", default="100000,1000000", help="splat counts for the splat view's CPU half")
     ap.add_argument("--update", type=int, default=100_000)
     ap.add_argument("--render-splats", type=int, default=20_000)
     ap.add_argument("--sizes", default="64,256")
@@ -162,6 +206,8 @@ def main() -> None:
         bench_import(n, args.repeats)
     for n in (int(c) for c in args.ply.split(",") if c):
         bench_ply_import(n, args.repeats)
+    for n in (int(c) for c in args.view.split(",") if c):
+        bench_splat_view(n, args.repeats)
     if args.update:
         bench_update(args.update, args.repeats)
     if args.render_splats:

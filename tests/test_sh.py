@@ -116,3 +116,21 @@ def test_ply_with_a_band_count_that_is_not_sh_is_a_typed_error(tmp_path):
     PlyData([PlyElement.describe(v, "vertex")]).write(str(tmp_path / "odd.ply"))
     with pytest.raises(SplatPlyError, match="6 f_rest"):
         read_ply(tmp_path / "odd.ply")
+
+
+@pytest.mark.parametrize("k", [0, 3, 15])
+def test_viewport_colours_match_the_renderer(k):
+    # the splat view's per-view colour (numpy) is the backend renderer's eval_sh
+    from blender_addon.core.splat_view import sh_colors
+
+    s = _cloud(k=max(k, 3), seed=6)
+    shN = s.shN if k else None
+    cam = np.array([0.2, -0.9, 0.3])
+    coeffs = np.concatenate([s.sh0[:, None, :], shN if k else np.zeros((len(s), 0, 3), np.float32)], axis=1)
+    want = eval_sh(
+        torch.from_numpy(coeffs),
+        torch.from_numpy(s.means),
+        torch.from_numpy(cam.astype(np.float32)),
+        {0: 0, 3: 1, 15: 3}[k],
+    )
+    np.testing.assert_allclose(sh_colors(s.sh0, shN, s.means, cam), want.numpy(), atol=2e-5)
