@@ -4,7 +4,7 @@ Backends (``render(..., backend=...)``; ``"auto"`` picks the first that fits the
 
     "gsplat"   CUDA: ``gsplat.rasterization`` (this module is its only caller)
     "numba"    CPU: the tile rasteriser of :mod:`backend.gaussians.raster_cpu`, with an
-               analytic backward; about 25x faster than the reference (bench/bench_render.py)
+               analytic backward; 30-250x faster than the reference (bench/results/cpu_raster.md)
     "torch"    any device: the pure-torch pair-list reference below, the oracle the tests
                hold the other two to
 
