@@ -15,9 +15,9 @@ the framing of the pipelines' turntable, so the face spans about 40% of the imag
 
 Renders are forward-only on a white background; each view keeps its RGB (uint8) and its
 alpha, the head's own pixels. ``renderer="fast"`` (the default) is :mod:`backend.eval.raster`,
-the reference renderer's rules compiled with numba; ``"reference"`` is
-``backend.gaussians.render`` itself under ``torch.no_grad`` (about 10 s per 512 px view on
-two cores, so only for small checks).
+the CPU tile rasteriser of :mod:`backend.gaussians.raster_cpu` in float64; ``"reference"`` is
+the torch reference of ``backend.gaussians.render`` under ``torch.no_grad`` (about 10 s per
+512 px view on two cores, so only for small checks).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from blender_addon.core.splat_arrays import SplatArrays
 from ..gaussians.cameras import Cameras, spherical_cameras
 from ..gaussians.loop import render_model
 from ..gaussians.model import GaussianModel
+from ..gaussians.render import use_backend
 from .raster import rasterise
 
 RADIUS_M = 0.75  # the pipelines' turntable distance
@@ -109,7 +110,7 @@ def render_views(model: GaussianModel, cams: Cameras, renderer: str = "fast") ->
         raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
     bg = torch.tensor(BACKGROUND, dtype=torch.float32)
     images, alphas = [], []
-    with torch.no_grad():
+    with torch.no_grad(), use_backend("torch"):  # the torch reference, not the CPU default
         for i in range(len(cams)):
             out = render_model(model, cams[i], background=bg)
             images.append((out.rgb[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
