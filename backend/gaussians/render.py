@@ -138,36 +138,10 @@ def render(
     rgb_per_cam = None
     if sh_degree is not None:
         rgb_per_cam = [eval_sh(colors, means, cameras.camera_centers()[c], sh_degree) for c in range(len(cameras))]
+    args = (means, quats, scales, opacities, colors, rgb_per_cam, cameras, background, near_plane, far_plane)
     if backend == "numba":
-        return _render_numba(
-            means,
-            quats,
-            scales,
-            opacities,
-            colors,
-            rgb_per_cam,
-            cameras,
-            background,
-            near_plane,
-            far_plane,
-            eps2d,
-            absgrad,
-        )
-    return _render_torch(
-        means,
-        quats,
-        scales,
-        opacities,
-        colors,
-        rgb_per_cam,
-        cameras,
-        background,
-        near_plane,
-        far_plane,
-        eps2d,
-        absgrad,
-        cull_hidden,
-    )
+        return _render_numba(*args, eps2d, absgrad)
+    return _render_torch(*args, eps2d, absgrad, cull_hidden)
 
 
 # ----------------------------------------------------------------------------- gsplat
