@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import pickle
 import struct
 import zipfile
@@ -29,6 +30,8 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
 _MAX_HEADER = 100 * 1000**2
+# bytes per element of the safetensors dtypes (a tensor's byte range must match its shape)
+_SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
 
 
 class TensorInfo(NamedTuple):
@@ -184,10 +187,15 @@ def tensor_index(path: Path | str) -> dict[str, TensorInfo]:
             if k == "__metadata__":
                 continue
             try:
-                out[k] = TensorInfo(tuple(int(s) for s in v["shape"]), str(v["dtype"]))
-                end = max(end, int(v["data_offsets"][1]))
+                info = TensorInfo(tuple(int(s) for s in v["shape"]), str(v["dtype"]))
+                a, b = (int(o) for o in v["data_offsets"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise HeaderError(f"a malformed header entry for {k!r}") from exc
+            item = _SAFETENSORS_ITEMSIZE.get(info.dtype)
+            if item is not None and b - a != math.prod(info.shape) * item:
+                raise HeaderError(f"tensor {k}'s byte range does not match its shape")
+            out[k] = info
+            end = max(end, b)
         n = struct.unpack("<Q", path.open("rb").read(8))[0]
         if 8 + n + end > path.stat().st_size:
             raise HeaderError(f"truncated: {path.stat().st_size:,} bytes of {8 + n + end:,}")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import ModelMissingError, PortraitSplatError
 
+from .header import HeaderError, tensor_index
 from .registry import (
     ENV_CONFIG,
     ENV_PREFIX,
@@ -156,24 +156,13 @@ def _corrupt(spec_name: str | None, path: Path, why: str) -> ModelCorruptError:
 
 
 def verify_safetensors(path: Path, name: str | None = None) -> None:
-    """Cheap integrity check of a ``.safetensors`` file: the header parses and the file is as
-    long as the header says (a truncated download fails here). Reads only the header."""
-    path = Path(path)
-    size = path.stat().st_size
+    """Cheap integrity check of a ``.safetensors`` file: the header parses, each tensor's byte
+    range fits its shape and the file is as long as the header says (a truncated download fails
+    here). Reads only the header (:func:`backend.models.header.tensor_index`)."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise _corrupt(name, path, f"only {size} bytes")
-            (n,) = struct.unpack("<Q", raw)
-            if n > min(size - 8, 100 * MB):
-                raise _corrupt(name, path, "its header is cut off or not a safetensors header")
-            header = json.loads(fh.read(n))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _corrupt(name, path, f"unreadable header ({exc.__class__.__name__})") from exc
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise _corrupt(name, path, f"truncated: {size:,} bytes of {8 + n + end:,}")
+        tensor_index(Path(path))
+    except HeaderError as exc:
+        raise _corrupt(name, Path(path), str(exc)) from exc
 
 
 def verify_folder(folder: Path, name: str | None = None) -> None:

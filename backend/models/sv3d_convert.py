@@ -20,15 +20,14 @@ shape for shape against the instantiated modules (tests/test_sv3d_checkpoint.py)
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .header import HeaderError, tensor_index
 from .registry import ModelCorruptError
 
 if TYPE_CHECKING:
@@ -81,52 +80,27 @@ def _bad(path: Path | str | None, why: str, variant: str | None) -> ModelCorrupt
 
 # ----------------------------------------------------------------------------- the header
 
-_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+_DTYPES = ("F32", "F16", "BF16", "F64")  # what SV3D's files may hold
 
 
 def read_header(path: Path | str, variant: str | None = None) -> dict[str, Shape]:
-    """``{key: shape}`` from a safetensors file's header alone (no torch, no tensor read).
+    """``{key: shape}`` from a safetensors file's header alone (no torch, no tensor read;
+    :func:`backend.models.header.tensor_index`).
 
     Raises :class:`ModelCorruptError` for a file that is not safetensors, is cut short, or holds
     tensors of a dtype SV3D never uses.
     """
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) < 8:
-            raise _bad(path, f"only {size} bytes", variant)
-        (n,) = struct.unpack("<Q", raw)
-        if n > min(size - 8, 100_000_000):
-            raise _bad(path, "its safetensors header is cut off or it is no safetensors file", variant)
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _bad(path, f"its safetensors header is unreadable ({exc.__class__.__name__})", variant) from exc
-    if not isinstance(header, dict):
-        raise _bad(path, "its safetensors header is not a table of tensors", variant)
-    shapes: dict[str, Shape] = {}
-    end = 0
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        try:
-            shape, dtype, (a, b) = tuple(int(d) for d in v["shape"]), v["dtype"], v["data_offsets"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _bad(path, f"its header entry for {k!r} is malformed", variant) from exc
-        if dtype not in _DTYPES:
-            raise _bad(path, f"tensor {k} has dtype {dtype}", variant)
-        if int(b) - int(a) != math.prod(shape) * _DTYPES[dtype]:
-            raise _bad(path, f"tensor {k}'s byte range does not match its shape", variant)
-        shapes[k] = shape
-        end = max(end, int(b))
-    if 8 + n + end > size:
-        raise ModelCorruptError(
-            f"The weight file {path} is damaged: truncated ({size:,} bytes of {8 + n + end:,}).",
-            hint=f"Delete it and fetch it again: rm '{path}' && python -m backend models download --only "
-            f"{variant or 'sv3d_u'}",
-        )
-    return shapes
+    if path.suffix != ".safetensors":
+        raise _bad(path, "it is no .safetensors file", variant)
+    try:
+        index = tensor_index(path)
+    except HeaderError as exc:
+        raise _bad(path, str(exc), variant) from exc
+    for k, info in index.items():
+        if info.dtype not in _DTYPES:
+            raise _bad(path, f"tensor {k} has dtype {info.dtype}", variant)
+    return {k: info.shape for k, info in index.items()}
 
 
 # ------------------------------------------------------------------------------- the plan
