@@ -4,6 +4,7 @@
     serve | ping | jobs                        the ZeroMQ service (:mod:`.service`)
     models check | download                    pretrained weights (:mod:`.models`)
     eval RESULT --photo PHOTO                  a head's quality figures (:mod:`.eval`)
+    batch INPUT --out DIR [--ray [ADDRESS]]    many photos x styles, resumable (:mod:`.batch`)
 
 Every command reports a failure the same way: ``error [code]: message`` and ``hint: ...`` on
 stderr, exit code 1 (2 for a usage problem). Heavy imports (torch, the pipelines) happen
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import batch, generate, models, service
 from . import eval as eval_cmd
-from . import generate, models, service
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_parsers(sub)
     models.add_parser(sub)
     eval_cmd.add_parser(sub)
+    batch.add_parser(sub)
     return parser
 
 
