@@ -11,21 +11,22 @@ _registered: list = []
 
 
 def _modules():
-    from . import ops, prefs, props, ui
+    from . import ops, prefs, props, splat_view, ui
 
-    return props, prefs, ops, ui
+    return props, prefs, ops, splat_view, ui
 
 
 def register() -> None:
     import bpy
 
-    from . import controller, ops, props
+    from . import controller, ops, props, splat_view
 
     for module in _modules():
         for cls in module.classes:
             bpy.utils.register_class(cls)
             _registered.append(cls)
     props.register_properties()
+    splat_view.register()
     bpy.types.TOPBAR_MT_file_import.append(ops.menu_import)
     bpy.types.TOPBAR_MT_file_export.append(ops.menu_export)
     bpy.app.handlers.load_post.append(controller.on_load_post)
@@ -34,9 +35,10 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import controller, ops, props
+    from . import controller, ops, props, splat_view
 
     controller.shutdown_all()
+    splat_view.unregister()
     if controller.on_load_post in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(controller.on_load_post)
     bpy.types.TOPBAR_MT_file_export.remove(ops.menu_export)

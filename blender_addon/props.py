@@ -103,7 +103,15 @@ class PORTRAITSPLAT_PG_turntable(bpy.types.PropertyGroup):
     )
     frames: IntProperty(name="Frames", default=48, min=1, max=10000)
     resolution: IntProperty(name="Resolution", default=512, min=16, max=8192, subtype="PIXEL")
-    engine: EnumProperty(name="Engine", items=(("CYCLES", "Cycles", ""), ("EEVEE", "EEVEE", "")), default="CYCLES")
+    engine: EnumProperty(
+        name="Engine",
+        items=(
+            ("CYCLES", "Cycles", ""),
+            ("EEVEE", "EEVEE", ""),
+            ("SPLAT_VIEW", "Splat View (OpenGL)", "The true splats as the viewport's splat view draws them"),
+        ),
+        default="CYCLES",
+    )
     samples: IntProperty(name="Samples", default=32, min=1, max=4096)
     elevation: FloatProperty(name="Elevation", default=0.1745, subtype="ANGLE", min=-1.5, max=1.5)
     output_dir: StringProperty(name="Output", default="//turntable/", subtype="DIR_PATH")

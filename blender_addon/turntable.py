@@ -7,6 +7,10 @@ keyframe API, which changed between Blender 4.2 and 5.x.
     settings = TurntableSettings(frames=48, resolution=512, engine="CYCLES", output_dir="/tmp/tt")
     result = render_turntable(bpy.context.scene, obj, settings)
     result.frames  # ["/tmp/tt/turntable_0001.png", ...]; result.video: path or None
+
+``engine="SPLAT_VIEW"`` renders the splat view (:mod:`.splat_view`, what the viewport and the
+backend's renderer show) through an offscreen GPU buffer instead of Cycles or EEVEE: an
+"OpenGL render" of the true splats, seconds for a whole turntable.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class TurntableSettings:
     mode: str = "ORBIT"  # ORBIT: the camera circles the head; SPIN: the head turns
     frames: int = 48
     resolution: int = 512
-    engine: str = "CYCLES"  # CYCLES | EEVEE
+    engine: str = "CYCLES"  # CYCLES | EEVEE | SPLAT_VIEW (the splat view, drawn offscreen)
     samples: int = 32
     elevation: float = math.radians(10.0)
     lens_mm: float = 85.0
@@ -117,7 +121,8 @@ def setup_turntable(scene: bpy.types.Scene, obj: bpy.types.Object, s: TurntableS
     scene.frame_end = start + s.frames - 1
 
     r = scene.render
-    r.engine = "CYCLES" if s.engine == "CYCLES" else eevee_engine_id()
+    if s.engine != "SPLAT_VIEW":  # the splat view draws itself; the scene's engine stays
+        r.engine = "CYCLES" if s.engine == "CYCLES" else eevee_engine_id()
     r.resolution_x = r.resolution_y = s.resolution
     r.resolution_percentage = 100
     r.film_transparent = s.transparent
@@ -130,7 +135,7 @@ def setup_turntable(scene: bpy.types.Scene, obj: bpy.types.Object, s: TurntableS
         # Dozens of overlapping translucent splats along a ray: let them all through.
         scene.cycles.transparent_max_bounces = max(scene.cycles.transparent_max_bounces, 128)
         scene.cycles.max_bounces = max(scene.cycles.max_bounces, 128)
-    else:
+    elif s.engine == "EEVEE":
         eevee = scene.eevee
         if hasattr(eevee, "taa_render_samples"):
             eevee.taa_render_samples = s.samples
@@ -157,8 +162,11 @@ def render_turntable(
         for frame in (scene.frame_start + i for i in steps):
             scene.frame_set(frame)
             path = os.path.join(out_dir, f"{s.prefix}{frame:04d}.png")
-            scene.render.filepath = path
-            bpy.ops.render.render(write_still=True, scene=scene.name)
+            if s.engine == "SPLAT_VIEW":
+                _render_splat_view_frame(scene, obj, s, path)
+            else:
+                scene.render.filepath = path
+                bpy.ops.render.render(write_still=True, scene=scene.name)
             result.frames.append(path)
     finally:
         scene.frame_set(frame_was)
@@ -170,6 +178,19 @@ def render_turntable(
         else:
             result.messages.append("This Blender build has no FFmpeg: wrote PNG frames only")
     return result
+
+
+SPLAT_VIEW_BACKGROUND = (0.05, 0.05, 0.05, 1.0)  # opaque frames: a dark grey, as the viewport's
+
+
+def _render_splat_view_frame(scene: bpy.types.Scene, obj: bpy.types.Object, s: TurntableSettings, path: str) -> None:
+    from . import splat_view
+
+    background = (0.0, 0.0, 0.0, 0.0) if s.transparent else SPLAT_VIEW_BACKGROUND
+    rgba = splat_view.render_offscreen(
+        scene, scene.camera, s.resolution, s.resolution, objects=[obj], background=background
+    )
+    splat_view.save_png(rgba, path)
 
 
 def encode_video(frames: list[str], path: str, fps: int) -> str:

@@ -114,6 +114,7 @@ class PORTRAITSPLAT_PT_splats(_Panel, bpy.types.Panel):
             row = layout.row(align=True)
             row.operator("portraitsplat.display", text="Ellipsoids", depress=not points).mode = "ELLIPSOIDS"
             row.operator("portraitsplat.display", text="Points", depress=points).mode = "POINTS"
+            layout.prop(obj, "portraitsplat_splat_view", text="Splat View (true Gaussians)", toggle=True)
             mod = obj.modifiers.get(splats.MODIFIER_NAME)
             if mod is not None and mod.node_group is not None:
                 layout.prop(mod, f'["{splats._input_id(mod.node_group, "Size")}"]', text="Size (sigmas)")
