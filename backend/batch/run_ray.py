@@ -54,7 +54,8 @@ class RayRunner:
                 kwargs["address"] = address
             elif num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus
-            # the workers of a local Ray are started from this environment: test-only switches pass on
+            # a local Ray's workers inherit this environment (models store, test switches); a
+            # cluster's have their nodes' own (each node's PORTRAITSPLAT_MODELS, for instance)
             ray.init(**kwargs)
             self.started_ray = True
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
