@@ -86,7 +86,13 @@ void main()
   offset = corner * k * sqrt(vec2(a, d));
   vec2 win = (c.xy / c.w * 0.5 + 0.5) * viewport.xy + offset;
   gl_Position = vec4((win / viewport.xy * 2.0 - 1.0) * c.w, c.z, c.w);
-  color = vec4(t2.z, t2.w, t3.x, opacity);
+  vec3 rgb = vec3(t2.z, t2.w, t3.x);
+  if (viewport.w > 0.5) {
+    /* an sRGB framebuffer (the viewport's overlay buffer) encodes what it is given: give it
+     * linear light, so that it shows the splats' display colours */
+    rgb = mix(rgb / 12.92, pow((rgb + 0.055) / 1.055, vec3(2.4)), step(vec3(0.04045), rgb));
+  }
+  color = vec4(rgb, opacity);
 }
 """
 
@@ -144,7 +150,7 @@ def shader() -> gpu.types.GPUShader:
         info = gpu.types.GPUShaderCreateInfo()
         info.define("EPS2D", repr(float(EPS2D)))
         info.push_constant("MAT4", "mvp")  # object -> clip
-        info.push_constant("VEC4", "viewport")  # width, height (pixels), splats per texture row, unused
+        info.push_constant("VEC4", "viewport")  # width, height (pixels), splats per texture row, sRGB target
         info.sampler(0, "FLOAT_2D", "splats")
         info.vertex_in(0, "VEC2", "corner")
         info.vertex_out(iface)
@@ -229,10 +235,15 @@ def draw_instances(
     width: int,
     height: int,
     view_key,
+    *,
+    srgb_target: bool = False,
 ) -> int:
     """Draw splat objects into the bound framebuffer. ``instances``: (original object,
     4x4 world matrix, instance key); ``view_matrix``/``proj_matrix``: world -> view ->
-    clip (Blender's, camera looking down -Z). Returns the number of splats drawn."""
+    clip (Blender's, camera looking down -Z). ``srgb_target``: the framebuffer is sRGB
+    encoded (SRGB8_A8, as the 3D viewport's overlay buffer that ``POST_VIEW`` handlers draw
+    into): colours are linearised first, and blending happens in linear light there.
+    Returns the number of splats drawn."""
     sh = shader()
     batch = quad_batch()
     view = np.asarray(view_matrix, np.float64)
@@ -258,7 +269,7 @@ def draw_instances(
             mvp = proj @ obj_to_view
             sh.bind()
             sh.uniform_float("mvp", Matrix(mvp.tolist()))
-            sh.uniform_float("viewport", (float(width), float(height), float(ROW_SPLATS), 0.0))
+            sh.uniform_float("viewport", (float(width), float(height), float(ROW_SPLATS), float(srgb_target)))
             sh.uniform_sampler("splats", entry.texture)
             batch.draw_instanced(sh, instance_start=0, instance_count=entry.count)
             drawn += entry.count
@@ -302,6 +313,7 @@ def _draw_handler() -> None:
         region.width,
         region.height,
         rv3d.as_pointer(),
+        srgb_target=True,
     )
 
 

@@ -1,4 +1,8 @@
-"""The built zip installs as a Blender extension, picks this Python's pyzmq wheel and registers."""
+"""The built zip installs as a Blender extension, picks this Python's pyzmq wheel and registers.
+
+Runs on every bpy of the matrix (scripts/test_blender_matrix.sh): 4.2, 4.5 and 5.0 embed
+CPython 3.11 and must pick the cp311 wheel, 5.1+ embed 3.13 and must pick cp313.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ assert mod in bpy.context.preferences.addons, list(bpy.context.preferences.addon
 prefs = bpy.context.preferences.addons[mod].preferences
 assert prefs.connection_mode == "LAUNCH", prefs
 assert hasattr(bpy.types.Scene, "portraitsplat") and hasattr(bpy.ops.portraitsplat, "generate")
+assert hasattr(bpy.types.Object, "portraitsplat_splat_view") and hasattr(bpy.ops.portraitsplat, "splat_view")
 import glob, os
 site = glob.glob(os.path.join(bpy.utils.user_resource("EXTENSIONS"), ".local", "lib", "python*", "site-packages"))[0]
 tag = "cp%d%d" % sys.version_info[:2]
@@ -35,6 +40,7 @@ import zmq
 assert zmq.__file__.startswith(site), zmq.__file__
 bpy.ops.preferences.addon_disable(module=mod)
 assert not hasattr(bpy.types.Scene, "portraitsplat")
+assert not hasattr(bpy.types.Object, "portraitsplat_splat_view")
 print("OK", tag, zmq.pyzmq_version())
 """
 
@@ -46,7 +52,9 @@ def test_built_zip_installs_and_enables(tmp_path):
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
     out = subprocess.run([sys.executable, "-c", INSTALL, str(zip_path)], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "OK cp311 26.4.0" in out.stdout or "OK cp313 26.4.0" in out.stdout
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    assert tag in ("cp311", "cp313"), f"no Blender embeds Python {tag}"
+    assert f"OK {tag} 26.4.0" in out.stdout, out.stdout[-3000:]
 
 
 def test_blender_validates_the_built_zip(tmp_path):

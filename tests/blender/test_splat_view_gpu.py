@@ -209,3 +209,37 @@ def test_opengl_turntable_frame_shows_splat_colours(gpu_addon, tmp_path):
     seen = cloud.means[:, 1] < 0.0  # frame 1 looks at the face (from -Y)
     expected = np.clip(0.5 + 0.28209479 * cloud.sh0[seen], 0, 1).mean(axis=0)
     np.testing.assert_allclose(rgba[covered][:, :3].mean(axis=0), expected, atol=0.08)
+
+
+def test_srgb_framebuffer_shows_the_same_colours(gpu_addon):
+    """The viewport's POST_VIEW handlers draw into an SRGB8_A8 buffer: drawn with
+    ``srgb_target`` there, the stored (encoded) colours of opaque splats equal the plain
+    float render's; drawn without it they would come out brighter."""
+    import gpu
+
+    from blender_addon import splat_view, splats
+
+    obj = splats.create_splat_object(bpy.context.scene, "head", synthetic_head(1500, seed=25), tag="srgb")
+    cam = _camera("srgb", (0.0, -0.5, 0.0), (0.0, 0.0, 0.0))
+    ref = splat_view.render_offscreen(bpy.context.scene, cam, 64, 64, objects=[obj])
+    view, proj = splat_view.camera_matrices(bpy.context.scene, cam, 64, 64)
+    instances = [(obj, np.array(obj.matrix_world, np.float64), ("srgb",))]
+
+    def draw(srgb: bool) -> np.ndarray:
+        tex = gpu.types.GPUTexture((64, 64), format="SRGB8_A8")
+        fb = gpu.types.GPUFrameBuffer(color_slots=tex)
+        with fb.bind():
+            fb.clear(color=(0.0, 0.0, 0.0, 0.0))
+            gpu.state.viewport_set(0, 0, 64, 64)
+            splat_view.draw_instances(instances, view, proj, 64, 64, ("srgb", srgb), srgb_target=srgb)
+        buf = tex.read()  # the stored bytes: sRGB encoded
+        return splat_view.buffer_to_numpy(buf).reshape(64, 64, 4)[::-1] / 255.0
+
+    opaque = ref[..., 3] > 0.97
+    assert opaque.mean() > 0.1
+    # the same up to blending in linear light (where splats overlap) and 8 bits
+    err = np.abs(draw(True)[opaque][:, :3] - ref[opaque][:, :3])
+    err_plain = np.abs(draw(False)[opaque][:, :3] - ref[opaque][:, :3])
+    print(f"sRGB target: mean |err| {err.mean():.4f}, without linearising {err_plain.mean():.4f}")
+    assert err.mean() < 0.015 and np.percentile(err, 90) < 0.03
+    assert err_plain.mean() > 3 * err.mean()
