@@ -284,6 +284,7 @@ def enabled_instances(depsgraph) -> list[tuple[bpy.types.Object, np.ndarray, tup
     """(original object, world matrix, key) of every splat-view object the depsgraph shows,
     duplicates and collection instances included."""
     out = []
+    own_mesh: dict[int, int] = {}  # original object -> session_uid of its evaluated mesh
     for inst in depsgraph.object_instances:
         ob = inst.instance_object if inst.is_instance else inst.object
         if ob is None or ob.type != "MESH":
@@ -291,6 +292,13 @@ def enabled_instances(depsgraph) -> list[tuple[bpy.types.Object, np.ndarray, tup
         orig = ob.original
         if not is_enabled(orig):
             continue
+        if inst.is_instance:
+            # an instance of the object itself (collection instance, ...), not one of the
+            # proxy's Geometry Nodes instances (when its modifier is shown too): those carry
+            # other geometry than the object's own evaluated mesh
+            uid = own_mesh.setdefault(orig.session_uid, orig.evaluated_get(depsgraph).data.session_uid)
+            if inst.object.data is None or inst.object.data.session_uid != uid:
+                continue
         key = (orig.session_uid, tuple(inst.persistent_id)) if inst.is_instance else (orig.session_uid,)
         out.append((orig, np.array(inst.matrix_world, np.float64), key))
     return out
@@ -303,6 +311,8 @@ def _draw_handler() -> None:
     region = context.region
     if rv3d is None or region is None:
         return
+    if not any(getattr(o, PROP, False) for o in context.scene.objects):
+        return  # nothing to draw: skip the depsgraph walk
     instances = enabled_instances(context.evaluated_depsgraph_get())
     if not instances:
         return

@@ -189,6 +189,30 @@ def test_toggle_hides_the_proxy_in_the_viewport_only(addon):
     assert mod.show_viewport and mod.show_render
 
 
+def test_instances_drawn_once_each_with_their_transform(addon):
+    """The object itself, a linked duplicate and a collection instance each draw once (with
+    their own matrices), and the proxy's own Geometry Nodes instances never do."""
+    from blender_addon import splat_view, splats
+
+    obj = splats.create_splat_object(bpy.context.scene, "head", synthetic_head(200, seed=26), tag="i")
+    obj.portraitsplat_splat_view = True
+    obj.modifiers[splats.MODIFIER_NAME].show_viewport = True  # the proxy shown too: its instances are not splats
+    dup = obj.copy()
+    bpy.context.scene.collection.objects.link(dup)
+    dup.location = (1.0, 0.0, 0.0)
+    empty = bpy.data.objects.new("instancer", None)
+    empty.instance_type = "COLLECTION"
+    empty.instance_collection = obj.users_collection[0]
+    empty.location = (0.0, 2.0, 0.0)
+    bpy.context.scene.collection.objects.link(empty)
+    bpy.context.view_layer.update()
+    found = splat_view.enabled_instances(bpy.context.evaluated_depsgraph_get())
+    origins = sorted(tuple(np.round(m[:3, 3], 6)) for _, m, _ in found)
+    assert origins == [(0.0, 0.0, 0.0), (0.0, 2.0, 0.0), (1.0, 0.0, 0.0)], origins
+    assert all(o.data == obj.data for o, _, _ in found)
+    assert len({k for _, _, k in found}) == 3
+
+
 def test_opengl_turntable_frame_shows_splat_colours(gpu_addon, tmp_path):
     from blender_addon import splats, turntable
 
