@@ -11,9 +11,9 @@ _registered: list = []
 
 
 def _modules():
-    from . import ops, prefs, props, splat_view, ui
+    from . import ops, ops_batch, prefs, props, splat_view, ui
 
-    return props, prefs, ops, splat_view, ui
+    return props, prefs, ops, ops_batch, splat_view, ui
 
 
 def register() -> None:

@@ -99,6 +99,7 @@ class PORTRAITSPLAT_PT_jobs(_Panel, bpy.types.Panel):
         rt = context.window_manager.portraitsplat
         self.layout.template_list("PORTRAITSPLAT_UL_jobs", "", rt, "jobs", rt, "jobs_index", rows=4)
         self.layout.operator("portraitsplat.refresh_jobs", icon="FILE_REFRESH")
+        self.layout.operator("portraitsplat.queue_batch", icon="DOCUMENTS")
 
 
 class PORTRAITSPLAT_PT_splats(_Panel, bpy.types.Panel):

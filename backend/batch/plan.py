@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import PortraitSplatError
+from blender_addon.core.batch import NO_STYLE, head_name, slug
+
+__all__ = ["NO_STYLE", "BatchInputError", "HeadSpec", "head_name", "plan_input", "slug"]
 
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 CSV_COLUMNS = ("photo", "style", "pipeline", "preset", "seed", "options", "name")
-NO_STYLE = "plain"  # the style part of a head's name when it has no style prompt
 MAX_REPORTED_ROWS = 20
 _NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,150}$")
 
@@ -67,19 +69,6 @@ class HeadSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A style prompt as a folder-name part: 'Oil painting, Rembrandt' -> 'oil-painting-rembrandt'."""
-    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
-    if not s:
-        return NO_STYLE if not text.strip() else "style-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-    return s
-
-
-def head_name(photo: Path, style: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", photo.stem).strip("-.") or "photo"
-    return f"{stem}__{slug(style)}"
 
 
 def photos_in(folder: Path) -> list[Path]:
