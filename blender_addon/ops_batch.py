@@ -11,6 +11,7 @@ on Ray) is the tool; this is the same naming, through the service.
 
 from __future__ import annotations
 
+import json
 import os
 
 import bpy
@@ -44,28 +45,41 @@ class PORTRAITSPLAT_OT_queue_batch(bpy.types.Operator, ImportHelper):
         name="Styles",
         description="Style prompts separated by ';' (empty: the panel's style); each photo gets each style",
     )
+    pipeline: StringProperty(
+        name="Pipeline", description="Override the panel's pipeline (scripts)", options={"SKIP_SAVE", "HIDDEN"}
+    )
+    options: StringProperty(
+        name="Options", description="Extra pipeline options as JSON (scripts)", options={"SKIP_SAVE", "HIDDEN"}
+    )
 
     def execute(self, context):
         from .props import style_prompt
 
         settings = context.scene.portraitsplat
+        pipeline = self.pipeline or settings.pipeline
         photos = chosen_photos(self.directory, [f.name for f in self.files])
         styles = [s for s in self.styles.split(";") if s.strip()]
-        if settings.pipeline != "photo" and not styles:
+        if pipeline != "photo" and not styles:
             styles = [style_prompt(settings)]
+        try:
+            options = json.loads(self.options) if self.options else {}
+        except ValueError as exc:
+            self.report({"ERROR"}, f"Options are not valid JSON: {exc}")
+            return {"CANCELLED"}
         try:
             heads = plan_heads(photos, styles)
             controller.connect(context)
-            ok, why = controller.pipeline_available(context, settings.pipeline)
+            ok, why = controller.pipeline_available(context, pipeline)
             if not ok:
-                raise controller.UserError(f"The '{settings.pipeline}' pipeline is unavailable: {why}")
+                raise controller.UserError(f"The '{pipeline}' pipeline is unavailable: {why}")
             queued = controller._call(
                 lambda c: submit_batch(
                     c,
                     heads,
-                    pipeline=settings.pipeline,
+                    pipeline=pipeline,
                     preset=settings.preset,
                     seed=settings.seed,
+                    options=options,
                     deliver_result=True,
                 )
             )
