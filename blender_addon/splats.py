@@ -236,15 +236,39 @@ def _input_id(group, name: str) -> str:
     raise KeyError(name)
 
 
+def modifier_input(mod, name: str):
+    """(owner, property name) of a Geometry Nodes modifier's input, for ``getattr``/``setattr``
+    and ``layout.prop``: Blender 5.2 has typed inputs (``mod.properties.inputs.<id>.value``),
+    older ones ID properties (``mod["<id>"]``)."""
+    identifier = _input_id(mod.node_group, name)
+    inputs = getattr(getattr(mod, "properties", None), "inputs", None)
+    if inputs is not None and hasattr(inputs, identifier):
+        return getattr(inputs, identifier), "value"
+    return mod, f'["{identifier}"]'
+
+
+def _get_input(mod, name: str):
+    owner, prop = modifier_input(mod, name)
+    return owner.path_resolve(prop)
+
+
+def _set_input(mod, name: str, value) -> None:
+    owner, prop = modifier_input(mod, name)
+    if prop.startswith('["'):
+        owner[prop[2:-2]] = value
+    else:
+        setattr(owner, prop, value)
+
+
 def set_display(obj: bpy.types.Object, *, points: bool | None = None, size: float | None = None) -> None:
     """Switch between ellipsoids and the fast point display, or change the splat size."""
     mod = obj.modifiers.get(MODIFIER_NAME)
     if mod is None or mod.node_group is None:
         return
     if points is not None:
-        mod[_input_id(mod.node_group, "Point Display")] = bool(points)
+        _set_input(mod, "Point Display", bool(points))
     if size is not None:
-        mod[_input_id(mod.node_group, "Size")] = float(size)
+        _set_input(mod, "Size", float(size))
     obj.update_tag()
 
 
@@ -252,8 +276,7 @@ def get_display(obj: bpy.types.Object) -> tuple[bool, float]:
     mod = obj.modifiers.get(MODIFIER_NAME)
     if mod is None or mod.node_group is None:
         return False, DEFAULT_SIZE_SIGMAS
-    g = mod.node_group
-    return bool(mod[_input_id(g, "Point Display")]), float(mod[_input_id(g, "Size")])
+    return bool(_get_input(mod, "Point Display")), float(_get_input(mod, "Size"))
 
 
 def _link(tree, out_socket, in_socket):

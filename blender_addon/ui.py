@@ -118,7 +118,7 @@ class PORTRAITSPLAT_PT_splats(_Panel, bpy.types.Panel):
             layout.prop(obj, "portraitsplat_splat_view", text="Splat View (true Gaussians)", toggle=True)
             mod = obj.modifiers.get(splats.MODIFIER_NAME)
             if mod is not None and mod.node_group is not None:
-                layout.prop(mod, f'["{splats._input_id(mod.node_group, "Size")}"]', text="Size (sigmas)")
+                layout.prop(*splats.modifier_input(mod, "Size"), text="Size (sigmas)")
         else:
             layout.label(text="Select a splat object", icon="INFO")
         row = layout.row(align=True)
