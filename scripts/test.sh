@@ -5,7 +5,7 @@
 # 1. the house style: ruff (lint + format), mypy (strict where configured), import-linter
 #    (the layer arrows of ARCHITECTURE.md), all configured in pyproject.toml;
 # 2. the default test run (not slow, not blender);
-# 3. the Blender tests in .venv-blender;
+# 3. the Blender tests on the oldest and newest bpy (scripts/test_blender_matrix.sh);
 # 4. the slow set (PORTRAITSPLAT_SKIP_SLOW=1 skips it, for a quick local run).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO"
@@ -15,9 +15,11 @@ echo "[style] ruff, mypy, import-linter" >&2
 "$VENV/bin/mypy"
 "$VENV/bin/lint-imports" --no-cache >/dev/null || "$VENV/bin/lint-imports" --no-cache
 "$VPY" -m pytest -m "not slow and not blender" "$@"
-if [ -x "$REPO/scripts/setup_blender_venv.sh" ]; then
-    "$REPO/scripts/setup_blender_venv.sh"
-    "$REPO/.venv-blender/bin/python" -m pytest tests/blender -m "blender and not slow" "$@"
+# the oldest and the newest supported Blender (bpy 4.2 LTS on CPython 3.11, bpy 5.2 on 3.13);
+# scripts/test_blender_matrix.sh with no arguments runs 4.5 and 5.0 as well
+if [ -x "$REPO/scripts/test_blender_matrix.sh" ]; then
+    # shellcheck disable=SC2086
+    "$REPO/scripts/test_blender_matrix.sh" ${CI_BLENDER_VERSIONS:-4.2.23 5.2.4} -- "$@"
 fi
 if [ "${PORTRAITSPLAT_SKIP_SLOW:-0}" != "1" ]; then
     "$VPY" -m pytest -m "slow and not blender" "$@"
