@@ -269,3 +269,15 @@ def test_cli_dry_run_and_bad_input(tmp_path, capsys):
     assert "error [bad_batch]" in capsys.readouterr().err
     assert main(["batch", str(src), "--out", str(tmp_path / "o"), "--option", "stepz=3"]) == 1
     assert "error [bad_option]" in capsys.readouterr().err
+
+
+def test_two_drivers_on_one_out_are_refused(tmp_path):
+    from backend.batch.output import BatchBusyError, lock
+
+    specs = _specs(tmp_path, 1)
+    out = tmp_path / "out"
+    with lock(out):
+        with pytest.raises(BatchBusyError) as err:
+            run_batch(specs, out, FakeRunner({}), quiet=True)
+        assert err.value.code == "batch_busy"
+    assert len(run_batch(specs, out, FakeRunner({}), quiet=True).done) == 1  # released

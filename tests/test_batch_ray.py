@@ -205,3 +205,40 @@ def test_local_worker_killed_mid_task_is_retried(photos, piddir, tmp_path, monke
     by = {h.spec.name: h for h in report.heads}
     assert [by[n].state for n in ("a", "b", "victim")] == ["done"] * 3, [h.error for h in report.heads]
     assert by["victim"].attempts == 2 and by["a"].attempts == 1
+
+
+def test_cli_local_batch_writes_summary_exits_1_on_a_failure_and_resumes(photos, tmp_path, capsys):
+    """``python -m backend batch`` end to end on the local runner: a no-face photo fails typed,
+    the exit code says so, summary.csv and index.html list every head, a rerun runs nothing."""
+    from backend.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(photos / "faces" / "hopper.jpg", src / "hopper.jpg")
+    shutil.copy(photos / "gradient.png", src / "gradient.png")
+    out = tmp_path / "out"
+    argv = ["batch", str(src), "--out", str(out), "--no-eval", "--quiet"]
+    argv += [a for k, v in TINY.items() for a in ("--option", f"{k}={v}")]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "1 done, 1 failed of 2 heads (2 run now, 2 attempts" in captured.out
+    assert "failed gradient__plain: [no_face]" in captured.err
+    rows = {r["name"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert rows["hopper__plain"]["status"] == "done" and rows["hopper__plain"]["n_splats"] == "500"
+    assert rows["gradient__plain"]["error_code"] == "no_face"
+    assert "gradient__plain" in (out / "index.html").read_text()
+    assert main(argv) == 1
+    assert "(0 run now, 0 attempts" in capsys.readouterr().out
+
+
+def test_cli_ray_batch(local_ray, photos, tmp_path, capsys):
+    from backend.cli import main
+
+    out = tmp_path / "out"
+    argv = ["batch", str(photos / "faces" / "astronaut.jpg"), "--out", str(out), "--ray", "--no-eval", "--quiet"]
+    argv += ["--style", "a", "--style", "b", "--gpus-per-head", "0"]
+    argv += [a for k, v in TINY.items() for a in ("--option", f"{k}={v}")]
+    assert main(argv) == 0
+    assert "2 done, 0 failed of 2 heads" in capsys.readouterr().out
+    assert (out / "astronaut__a" / "head.ply").is_file() and (out / "astronaut__b" / "head.ply").is_file()
+    assert ray.is_initialized()  # a Ray it did not start is left running

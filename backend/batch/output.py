@@ -12,13 +12,16 @@ a rerun skips a head whose fingerprint matches and remakes one whose recipe chan
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from backend.errors import PortraitSplatError
 
 from .head import HeadOutcome
 from .plan import HeadSpec
@@ -51,8 +54,30 @@ def read_failed(out: Path, name: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+class BatchBusyError(PortraitSplatError):
+    code = "batch_busy"
+    hint = "Wait for the other batch to finish (or stop it), or give this one another --out."
+
+
+def lock(out: Path) -> IO[str]:
+    """Hold ``OUT/.batch/lock`` while this driver runs (released when the returned file is
+    closed, or the process ends): two drivers on one OUT would clear each other's temp folders."""
+    (out / BOOK).mkdir(parents=True, exist_ok=True)
+    fh = open(out / BOOK / "lock", "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise BatchBusyError(f"Another batch is writing to {out} right now.") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
 def prepare(out: Path) -> None:
-    """Create OUT and clear what a killed driver left half-written."""
+    """Create OUT and clear what a killed driver left half-written (call it holding :func:`lock`)."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / BOOK / "tmp", ignore_errors=True)
     (out / BOOK / "tmp").mkdir(parents=True, exist_ok=True)

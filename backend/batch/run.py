@@ -114,7 +114,20 @@ def run_batch(
     quiet: bool = False,
 ) -> BatchReport:
     t0 = time.perf_counter()
-    output.prepare(out)
+    with output.lock(out):
+        output.prepare(out)
+        return _run(specs, out, runner, max_attempts, retry_failed, quiet, t0)
+
+
+def _run(
+    specs: list[HeadSpec],
+    out: Path,
+    runner: HeadRunner,
+    max_attempts: int,
+    retry_failed: bool,
+    quiet: bool,
+    t0: float,
+) -> BatchReport:
     report = BatchReport(out, initial_status(out, specs, retry_failed))
     todo = deque(h for h in report.heads if h.state == "pending")
     report.ran = len(todo)

@@ -51,6 +51,12 @@ def add_parser(subparsers: Any) -> None:
         help="with --ray: GPUs per head (default 1 if the cluster has GPUs, else 0)",
     )
     p.add_argument(
+        "--cpus-per-head",
+        type=float,
+        default=1.0,
+        help="with --ray: CPUs each head's task asks for (its torch threads)",
+    )
+    p.add_argument(
         "--ray-cpus", type=int, default=None, help="with --ray and no ADDRESS: CPUs of the local Ray (default: all)"
     )
     p.add_argument(
@@ -117,6 +123,7 @@ def batch(args: Any) -> int:
             settings,
             address=args.ray or None,
             gpus_per_head=args.gpus_per_head,
+            cpus_per_head=args.cpus_per_head,
             num_cpus=args.ray_cpus,
             ply_frame=args.ply_frame,
         )
