@@ -172,7 +172,8 @@ def quad_batch() -> gpu.types.GPUBatch:
 
 
 def upload(rows: np.ndarray) -> gpu.types.GPUTexture:
-    """Packed rows [N, 16] float32 -> an RGBA32F texture, ROW_SPLATS splats per texture row."""
+    """Packed rows [N, 16] float32 -> an RGBA32F texture, ROW_SPLATS splats per texture row.
+    Rows packed with ``pad_to=ROW_SPLATS`` fill whole texture rows and go up without a copy."""
     n = len(rows)
     height = max(1, -(-n // ROW_SPLATS))
     if n != height * ROW_SPLATS:
@@ -180,7 +181,7 @@ def upload(rows: np.ndarray) -> gpu.types.GPUTexture:
         padded[:n] = rows
         rows = padded
     rows = np.ascontiguousarray(rows, np.float32)
-    buf = gpu.types.Buffer("FLOAT", rows.size, rows)  # a copy made from the array's memory, no lists
+    buf = gpu.types.Buffer("FLOAT", rows.size, rows)  # a view of the array's memory: no copy, no lists
     return gpu.types.GPUTexture((ROW_SPLATS * 4, height), format="RGBA32F", data=buf)
 
 
@@ -261,11 +262,12 @@ def draw_instances(
             key = ((mesh.session_uid, inst_key), view_key)
             entry = _views.get(key)
             if entry is None or entry.cache.means is not base.means:
-                entry = _views[key] = _Drawn(ViewCache(base.means, base.opacity, base.sh0, base.shN, base.cov))
+                cache = ViewCache(base.means, base.opacity, base.sh0, base.shN, base.cov, pad_to=ROW_SPLATS)
+                entry = _views[key] = _Drawn(cache)
             obj_to_view = view @ np.asarray(world, np.float64)
             rows = entry.cache.update(obj_to_view)
             if rows is not None:
-                entry.texture, entry.count = upload(rows), len(rows)
+                entry.texture, entry.count = upload(rows), len(base.means)
             mvp = proj @ obj_to_view
             sh.bind()
             sh.uniform_float("mvp", Matrix(mvp.tolist()))

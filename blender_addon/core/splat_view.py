@@ -94,15 +94,24 @@ def covariances(quats: np.ndarray, log_scales: np.ndarray) -> np.ndarray:
 
 
 def pack_instances(
-    means: np.ndarray, opacity: np.ndarray, cov: np.ndarray, rgb: np.ndarray, order: np.ndarray
+    means: np.ndarray,
+    opacity: np.ndarray,
+    cov: np.ndarray,
+    rgb: np.ndarray,
+    order: np.ndarray,
+    pad_to: int = 1,
 ) -> np.ndarray:
     """One float32 row of :data:`INSTANCE_FLOATS` per splat, in draw ``order``: the contents
-    of an RGBA32F texture four texels wide that the vertex shader reads by instance id."""
-    out = np.zeros((len(order), INSTANCE_FLOATS), np.float32)
-    out[:, 0:3] = means[order]
-    out[:, 3] = opacity[order]
-    out[:, 4:10] = cov[order]
-    out[:, 10:13] = rgb[order]
+    of an RGBA32F texture (four texels a splat) that the vertex shader reads by instance id.
+
+    The row count is rounded up to a multiple of ``pad_to`` with all-zero rows (opacity 0:
+    never drawn), so that the array fills whole texture rows and uploads without a copy."""
+    n = len(order)
+    out = np.zeros((-(-n // pad_to) * pad_to, INSTANCE_FLOATS), np.float32)
+    out[:n, 0:3] = means[order]
+    out[:n, 3] = opacity[order]
+    out[:n, 4:10] = cov[order]
+    out[:n, 10:13] = rgb[order]
     return out
 
 
@@ -118,6 +127,7 @@ class ViewCache:
     cov: np.ndarray  # [N, 6] from covariances()
     view: np.ndarray | None = field(default=None)
     sorts: int = 0
+    pad_to: int = 1  # pack_instances' row padding (splats per texture row)
 
     def update(self, view_matrix: np.ndarray) -> np.ndarray | None:
         if not view_changed(self.view, view_matrix):
@@ -126,4 +136,4 @@ class ViewCache:
         self.sorts += 1
         order = depth_order(self.means, self.view)
         rgb = sh_colors(self.sh0, self.shN, self.means, camera_position(self.view))
-        return pack_instances(self.means, self.opacity, self.cov, rgb, order)
+        return pack_instances(self.means, self.opacity, self.cov, rgb, order, self.pad_to)

@@ -84,3 +84,17 @@ def test_pack_follows_the_draw_order():
     np.testing.assert_array_equal(rows[:, 0:3], means[order])
     np.testing.assert_array_equal(rows[:, 3], order.astype(np.float32))
     np.testing.assert_allclose(rows[:, 10:13], means[order] * 0.1)
+
+
+def test_pack_pads_whole_texture_rows_with_invisible_splats():
+    n = 5
+    means = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    order = np.arange(n)[::-1]
+    opacity = np.full(n, 0.5, np.float32)
+    rows = pack_instances(means, opacity, np.ones((n, 6), np.float32), means * 0.1, order, pad_to=4)
+    assert rows.shape == (8, 16)
+    np.testing.assert_array_equal(
+        rows[:n], pack_instances(means, opacity, np.ones((n, 6), np.float32), means * 0.1, order)
+    )
+    assert not rows[n:].any()  # opacity 0: the vertex shader culls them
+    assert pack_instances(means, opacity, np.ones((n, 6), np.float32), means, order, pad_to=5).shape == (5, 16)
