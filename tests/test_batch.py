@@ -281,3 +281,14 @@ def test_two_drivers_on_one_out_are_refused(tmp_path):
             run_batch(specs, out, FakeRunner({}), quiet=True)
         assert err.value.code == "batch_busy"
     assert len(run_batch(specs, out, FakeRunner({}), quiet=True).done) == 1  # released
+
+
+def test_local_batch_with_missing_weights_fails_before_any_head(tmp_path, monkeypatch, capsys):
+    from backend.cli import main
+
+    monkeypatch.setenv("PORTRAITSPLAT_MODELS", str(tmp_path / "no_models"))
+    src = _photos(tmp_path / "in", ["a.jpg"])
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "--out", str(out), "--pipeline", "stylize", "--style", "comic", "--quiet"]) == 1
+    assert "error [model_missing]" in capsys.readouterr().err
+    assert not out.exists()  # nothing started, nothing written

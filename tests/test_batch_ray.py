@@ -242,3 +242,16 @@ def test_cli_ray_batch(local_ray, photos, tmp_path, capsys):
     assert "2 done, 0 failed of 2 heads" in capsys.readouterr().out
     assert (out / "astronaut__a" / "head.ply").is_file() and (out / "astronaut__b" / "head.ply").is_file()
     assert ray.is_initialized()  # a Ray it did not start is left running
+
+
+def test_cli_ray_env_reaches_the_tasks(local_ray, photos, tmp_path, capsys):
+    """--ray-env KEY=VALUE is the tasks' environment (how a cluster's nodes find the models store)."""
+    from backend.cli import main
+
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    out = tmp_path / "out"
+    argv = ["batch", str(photos / "faces" / "hopper.jpg"), "--out", str(out), "--ray", "--quiet"]
+    argv += ["--pipeline", "synthetic", "--option", "steps=2", "--ray-env", f"{PIDDIR_ENV}={seen}"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert [p.name.split(".")[0] for p in seen.glob("*.started")] == ["hopper__plain"]

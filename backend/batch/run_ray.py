@@ -7,7 +7,8 @@ cluster has GPUs, else 0) and
 one CPU. The photo goes into the object store once and the head's files come back through
 it, so a node needs neither the photos nor OUT: only this backend installed (the same
 version, ``pip install -e .``) and the models store (``PORTRAITSPLAT_MODELS`` or the default
-path, shared or synced: ``python -m backend models check`` on a node says what it has).
+path, shared or synced: ``python -m backend models check`` on a node says what it has;
+``env`` / ``--ray-env KEY=VALUE`` sets it for the tasks when the nodes' own environment does not).
 
 Ray's own task retries are off (``max_retries=0``): a worker or node that dies comes back
 as a ``worker_lost`` outcome and the driver's loop retries it like any other retryable
@@ -41,6 +42,7 @@ class RayRunner:
         num_cpus: int | None = None,
         ply_frame: str = "ply",
         max_in_flight: int | None = None,
+        env: dict[str, str] | None = None,
     ):
         import ray
 
@@ -73,9 +75,15 @@ class RayRunner:
         fits = int(gpus // gpus_per_head) if gpus_per_head > 0 else int(cpus // max(cpus_per_head, 1e-3))
         # keep a few heads queued beyond what runs at once, not the whole batch (photos stay small)
         self.slots = max_in_flight or max(1, 2 * fits)
-        self.remote = ray.remote(_head_task).options(
-            num_gpus=gpus_per_head, num_cpus=cpus_per_head, max_retries=0, name="portraitsplat_head"
-        )
+        task_options: dict[str, Any] = {
+            "num_gpus": gpus_per_head,
+            "num_cpus": cpus_per_head,
+            "max_retries": 0,
+            "name": "portraitsplat_head",
+        }
+        if env:  # e.g. where the nodes keep the models store (costs Ray's runtime-env setup, seconds)
+            task_options["runtime_env"] = {"env_vars": dict(env)}
+        self.remote = ray.remote(_head_task).options(**task_options)
         self.refs: dict[Any, str] = {}
         self._photo_refs: dict[str, Any] = {}
         self.where = f"Ray at {address or 'a local Ray'}: {cpus:g} CPU, {gpus:g} GPU; {gpus_per_head:g} GPU per head"

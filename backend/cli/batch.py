@@ -57,6 +57,13 @@ def add_parser(subparsers: Any) -> None:
         help="with --ray: CPUs each head's task asks for (its torch threads)",
     )
     p.add_argument(
+        "--ray-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --ray: environment of every head's task, repeatable (e.g. PORTRAITSPLAT_MODELS=/mnt/models)",
+    )
+    p.add_argument(
         "--ray-cpus", type=int, default=None, help="with --ray and no ADDRESS: CPUs of the local Ray (default: all)"
     )
     p.add_argument(
@@ -124,11 +131,16 @@ def batch(args: Any) -> int:
             address=args.ray or None,
             gpus_per_head=args.gpus_per_head,
             cpus_per_head=args.cpus_per_head,
+            env=_env_pairs(args.ray_env),
             num_cpus=args.ray_cpus,
             ply_frame=args.ply_frame,
         )
     else:
         from backend.batch.run_local import LocalRunner, default_lanes
+        from backend.models import ensure_models
+
+        for pipeline in sorted({s.pipeline for s in specs}):  # here the driver's store is the workers'
+            ensure_models(pipeline)
 
         lanes = default_lanes()
         if args.workers:
@@ -153,3 +165,17 @@ def batch(args: Any) -> int:
         err = h.error or {}
         print(f"  failed {h.spec.name}: [{err.get('code')}] {err.get('message')}", file=sys.stderr)
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    from backend.errors import InvalidOptionError
+
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidOptionError(
+                f"--ray-env {pair!r} is not KEY=VALUE.", hint="e.g. --ray-env PORTRAITSPLAT_MODELS=/mnt/models"
+            )
+        env[key.strip()] = value
+    return env
