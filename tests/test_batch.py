@@ -292,3 +292,16 @@ def test_local_batch_with_missing_weights_fails_before_any_head(tmp_path, monkey
     assert main(["batch", str(src), "--out", str(out), "--pipeline", "stylize", "--style", "comic", "--quiet"]) == 1
     assert "error [model_missing]" in capsys.readouterr().err
     assert not out.exists()  # nothing started, nothing written
+
+
+def test_ray_flag_without_ray_installed_is_a_typed_error(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from backend.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    src = _photos(tmp_path / "in", ["a.jpg"])
+    assert main(["batch", str(src), "--out", str(tmp_path / "out"), "--ray", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "error [ray_missing]" in err and ".[ray]" in err

@@ -126,6 +126,8 @@ def batch(args: Any) -> int:
     if args.ray is not None:
         from backend.batch.run_ray import RayRunner
 
+        _require_ray()
+
         runner = RayRunner(
             settings,
             address=args.ray or None,
@@ -179,3 +181,16 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
             )
         env[key.strip()] = value
     return env
+
+
+def _require_ray() -> None:
+    import importlib.util
+
+    from backend.errors import PortraitSplatError
+
+    if importlib.util.find_spec("ray") is None:
+        raise PortraitSplatError(
+            "--ray needs Ray, which this environment does not have.",
+            code="ray_missing",
+            hint="pip install -e '.[ray]' here and on every node of the cluster (or run without --ray).",
+        )
