@@ -1,0 +1,1 @@
+"""Exports beyond the splat file formats: a coloured, watertight triangle mesh (:mod:`.mesh`)."""
