@@ -5,6 +5,7 @@
     models check | download                    pretrained weights (:mod:`.models`)
     eval RESULT --photo PHOTO                  a head's quality figures (:mod:`.eval`)
     batch INPUT --out DIR [--ray [ADDRESS]]    many photos x styles, resumable (:mod:`.batch`)
+    convert IN OUT [--mesh]                    splat file -> ply/spz/glb/splat, or a mesh (:mod:`.convert`)
 
 Every command reports a failure the same way: ``error [code]: message`` and ``hint: ...`` on
 stderr, exit code 1 (2 for a usage problem). Heavy imports (torch, the pipelines) happen
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from . import batch, generate, models, service
+from . import convert as convert_cmd
 from . import eval as eval_cmd
 
 
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parser(sub)
     eval_cmd.add_parser(sub)
     batch.add_parser(sub)
+    convert_cmd.add_parser(sub)
     return parser
 
 

@@ -32,6 +32,7 @@ from .common import (
     print_error,
     user_errors,
 )
+from .convert import parse_formats, write_formats
 from .eval import summary_line
 
 
@@ -53,6 +54,14 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--ply-frame", choices=["ply", "head"], default="ply", help="PLY axes: ply = RDF/OpenCV for 3DGS viewers"
+    )
+    p.add_argument(
+        "--format",
+        type=parse_formats,
+        default=["ply"],
+        metavar="LIST",
+        help="comma-separated outputs: ply,spz,glb,splat,mesh (head.<fmt>; mesh -> head_mesh.glb); "
+        "head.ply is always written",
     )
     p.add_argument("--connect", type=Path, default=None, help="run through a server: its connection file")
     p.add_argument("--timeout", type=float, default=None, help="with --connect: give up after this many seconds")
@@ -92,6 +101,8 @@ def _local(args: Any, options: dict[str, Any]) -> int:
     finally:
         reporter.close()
     paths = write_outputs(args.out, result, ply_frame=args.ply_frame)
+    for fmt, path in write_formats(args.out, result.splats, args.format).items():
+        print(f"wrote {path} ({fmt})")
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["generate_s"] = round(time.perf_counter() - t0, 2)
     if not args.no_eval and result.evaluable:
@@ -168,6 +179,8 @@ def _remote(args: Any, options: dict[str, Any]) -> int:
     if args.ply_frame == "head":
         ply = to_ply_bytes(splats, frame="head")
     atomic_write_bytes(out / "head.ply", ply)
+    for fmt, path in write_formats(out, splats, args.format).items():
+        print(f"wrote {path} ({fmt})")
     atomic_write_json(out / "metrics.json", final.metrics | {"job_id": job_id, "elapsed_s": round(final.elapsed_s, 2)})
     print(f"wrote {out / 'head.ply'} ({len(splats)} splats) from job {job_id} in {final.elapsed_s:.1f} s")
     return 0
