@@ -9,11 +9,12 @@
 # 4. the slow set (PORTRAITSPLAT_SKIP_SLOW=1 skips it, for a quick local run).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO"
-# PlayCanvas splat-transform (npm), the outside reader of tests/test_formats_outside.py; those
-# tests skip where npm is absent or the install fails
-if command -v npm >/dev/null && [ ! -x "$REPO/.cache/npm/node_modules/.bin/splat-transform" ]; then
-    npm install --silent --no-audit --no-fund --prefix "$REPO/.cache/npm" @playcanvas/splat-transform@3.10.2 >&2 \
-        || echo "[setup] npm could not install splat-transform; its tests will skip" >&2
+# PlayCanvas splat-transform and the Khronos glTF validator (npm), the outside readers of
+# tests/test_formats_outside.py; those tests skip where npm is absent or the install fails
+if command -v npm >/dev/null && [ ! -f "$REPO/.cache/npm/node_modules/gltf-validator/package.json" ]; then
+    npm install --silent --no-audit --no-fund --prefix "$REPO/.cache/npm" \
+        @playcanvas/splat-transform@3.10.2 gltf-validator@2.0.0-dev.3.10 >&2 \
+        || echo "[setup] npm could not install splat-transform / gltf-validator; their tests will skip" >&2
 fi
 echo "[style] ruff, mypy, import-linter" >&2
 "$VENV/bin/ruff" check .

@@ -1,5 +1,5 @@
 """Outside readers: PlayCanvas splat-transform (npm) reads our .spz and .splat, and we read
-its .spz and .glb.
+its .spz and .glb; the Khronos glTF validator (npm) checks our splat and mesh GLBs.
 
 splat-transform 3.10 reads ply/spz/splat/... and writes ply/spz/glb/... but reads no .glb and
 writes no .splat, so: our .spz and .splat go through it to PLY, which we compare with our
@@ -10,6 +10,11 @@ Two axis conventions differ from ours and the specs', and are checked as such:
   where Niantic's spec stores RUB: we write RUB, and read its files with ``frame="rdf"``;
 - its GLB is in PlayCanvas's engine space, the PLY turned 180 degrees about Z (x, y negated),
   where glTF's asset front faces +Z: the same Y-up, turned 180 degrees about Y from ours.
+
+The validator (2.0.0-dev.3.10) predates KHR_gaussian_splatting: it reports the extension
+as unsupported and each of its attribute names as invalid (the same for splat-transform's
+GLB), and nothing else may be wrong; Blender's glTF importer reads the same file as a point
+cloud (tests/blender/test_formats_blender.py).
 
 Installed by scripts/test.sh with npm into .cache/npm; these tests skip where it is absent.
 """
@@ -30,7 +35,8 @@ from blender_addon.core.splat_arrays import SH_C0, SplatArrays
 from blender_addon.core.splat_ply import read_ply, write_ply
 
 REPO = Path(__file__).resolve().parent.parent
-TOOL = Path(os.environ.get("PORTRAITSPLAT_SPLAT_TRANSFORM", REPO / ".cache/npm/node_modules/.bin/splat-transform"))
+NODE_MODULES = REPO / ".cache/npm/node_modules"
+TOOL = Path(os.environ.get("PORTRAITSPLAT_SPLAT_TRANSFORM", NODE_MODULES / ".bin/splat-transform"))
 
 
 def _skip_reason() -> str | None:
@@ -41,7 +47,11 @@ def _skip_reason() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+needs_splat_transform = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+needs_validator = pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_MODULES / "gltf-validator/package.json").exists(),
+    reason="node or the npm package gltf-validator is absent (scripts/test.sh installs it into .cache/npm)",
+)
 
 
 def _run(*args: str | Path) -> None:
@@ -82,6 +92,7 @@ def _assert_close(a: SplatArrays, b: SplatArrays, *, pos, log_scale, opacity, sh
 SPZ_TOL = dict(pos=0.5 / 4096 + 1e-6, log_scale=1 / 32 + 1e-5, opacity=0.5 / 255 + 1e-6, sh0=0.5 / 255 / 0.15 + 1e-5)
 
 
+@needs_splat_transform
 def test_splat_transform_reads_our_spz(tmp_path):
     s = _splats()
     spz.write_spz(tmp_path / "ours.spz", s)  # RUB, as the spec stores it
@@ -95,6 +106,7 @@ def test_splat_transform_reads_our_spz(tmp_path):
     _assert_close(theirs, rub, **SPZ_TOL, rot=0.007, sh=8.5 / 128 * np.sqrt(7) + 1e-6)
 
 
+@needs_splat_transform
 def test_splat_transform_reads_our_rdf_spz_as_its_ply(tmp_path):
     s = _splats()
     spz.write_spz(tmp_path / "ours.spz", s, frame="rdf")  # its own convention
@@ -104,6 +116,7 @@ def test_splat_transform_reads_our_rdf_spz_as_its_ply(tmp_path):
     assert np.abs(theirs.shN - s.shN).max() < 0.2  # quantised in RDF axes, turned back
 
 
+@needs_splat_transform
 def test_splat_transform_reads_our_dotsplat(tmp_path):
     s = _splats(k=0)
     dotsplat.write_splat(tmp_path / "ours.splat", s)
@@ -113,6 +126,7 @@ def test_splat_transform_reads_our_dotsplat(tmp_path):
     _assert_close(theirs, s, pos=1e-6, log_scale=1e-5, opacity=0.5 / 255 + 1e-5, sh0=0.5 / 255 / SH_C0 + 1e-4, rot=0.05)
 
 
+@needs_splat_transform
 @pytest.mark.parametrize("version", ["3", "4"])
 def test_we_read_splat_transform_spz(tmp_path, version):
     if version == "4":
@@ -130,6 +144,7 @@ def test_we_read_splat_transform_spz(tmp_path, version):
     assert np.abs(raw.shN - ply.shN).max() <= 8.5 / 128 + 1e-6  # in its own axes: SPZ's SH steps
 
 
+@needs_splat_transform
 def test_we_read_splat_transform_glb(tmp_path):
     s = _splats()
     write_ply(tmp_path / "ours.ply", s)
@@ -141,3 +156,53 @@ def test_we_read_splat_transform_glb(tmp_path):
     # the same cloud in our glTF axes, turned 180 degrees about Y
     ours = gltf.read_glb(gltf.to_glb_bytes(s), frame="head")
     np.testing.assert_allclose(t.means, ours.means * np.float32([-1, 1, -1]), atol=1e-6)
+
+
+_VALIDATE = """
+import { createRequire } from 'module';
+import fs from 'fs';
+const require = createRequire(process.argv[1] + '/');
+const validator = require('gltf-validator');
+const report = await validator.validateBytes(new Uint8Array(fs.readFileSync(process.argv[2])), { maxIssues: 200 });
+console.log(JSON.stringify(report.issues));
+"""
+
+
+def _validate(path: Path) -> dict:
+    import json
+
+    proc = subprocess.run(
+        ["node", "--input-type=module", "-e", _VALIDATE, str(NODE_MODULES), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@needs_validator
+def test_khronos_validator_finds_nothing_wrong_but_the_new_extension(tmp_path):
+    s = _splats(k=8)
+    gltf.write_glb(tmp_path / "ours.glb", s)
+    issues = _validate(tmp_path / "ours.glb")
+    assert issues["numWarnings"] == 0
+    errors = [m for m in issues["messages"] if m["severity"] == 0]
+    assert len(errors) == issues["numErrors"] > 0
+    prefix = "/meshes/0/primitives/0/attributes/KHR_gaussian_splatting:"
+    assert {m["code"] for m in errors} == {"MESH_PRIMITIVE_INVALID_ATTRIBUTE"}
+    assert all(m["pointer"].startswith(prefix) for m in errors)
+    infos = [m for m in issues["messages"] if m["severity"] == 2]
+    assert [m["code"] for m in infos] == ["UNSUPPORTED_EXTENSION"]
+
+
+@needs_validator
+def test_khronos_validator_passes_our_mesh_glb(tmp_path):
+    trimesh = pytest.importorskip("trimesh")
+    from backend.export.mesh import MeshResult, write_mesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.1)
+    colours = np.full((len(sphere.vertices), 4), 200, np.uint8)
+    write_mesh(tmp_path / "mesh.glb", MeshResult(sphere.vertices, sphere.faces, colours, True))
+    issues = _validate(tmp_path / "mesh.glb")
+    assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"]
