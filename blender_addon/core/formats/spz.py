@@ -144,7 +144,7 @@ def to_spz_bytes(
         sh = np.zeros((n, 0), np.uint8)
     header = _HEADER.pack(MAGIC, version, n, degree, FRACTIONAL_BITS, 0, 0)
     body = b"".join(np.ascontiguousarray(a).tobytes() for a in (positions, alphas, colors, scales, rotations, sh))
-    return gzip.compress(header + body, compresslevel=9, mtime=0)
+    return gzip.compress(header + body, compresslevel=6, mtime=0)  # zlib's default: level 9 is 10x slower for 3% less
 
 
 def write_spz(path: str | os.PathLike[str], splats: SplatArrays, frame: str = "rub", **kwargs: Any) -> None:
