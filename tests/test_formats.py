@@ -355,3 +355,27 @@ def test_bad_files_raise_typed_errors():
         far.means[0, 0] = 3000.0
         spz.to_spz_bytes(far)
     assert json.loads(json.dumps({"ok": 1}))  # json import used
+
+
+def test_glb_reader_joins_every_splat_primitive_of_the_scene():
+    a, b = _splats(n=10, k=8, seed=1), _splats(n=6, k=3, seed=2)
+    ja, ba = gltf.unpack_glb(gltf.to_glb_bytes(a))
+    jb, bb = gltf.unpack_glb(gltf.to_glb_bytes(b))
+    # b's buffer views shifted behind a's in one buffer; b's mesh on a node turned 90 deg about glTF +Y
+    shift = len(ba)
+    views = ja["bufferViews"] + [dict(v, byteOffset=v["byteOffset"] + shift) for v in jb["bufferViews"]]
+    nv, na = len(ja["bufferViews"]), len(ja["accessors"])
+    accessors = ja["accessors"] + [dict(x, bufferView=x["bufferView"] + nv) for x in jb["accessors"]]
+    prim_b = jb["meshes"][0]["primitives"][0]
+    prim_b["attributes"] = {k: v + na for k, v in prim_b["attributes"].items()}
+    js = dict(ja, bufferViews=views, accessors=accessors, buffers=[{"byteLength": len(ba) + len(bb)}])
+    js["meshes"] = ja["meshes"] + jb["meshes"]
+    s = np.sqrt(0.5)
+    js["nodes"] = [{"mesh": 0}, {"mesh": 1, "rotation": [0.0, s, 0.0, s]}]
+    js["scenes"] = [{"nodes": [0, 1]}]
+    t = gltf.from_glb_bytes(gltf.pack_glb(js, ba + bb))
+    assert len(t) == 16 and t.sh_degree == 1  # the lowest degree both carry
+    np.testing.assert_allclose(t.means[:10], a.means, atol=1e-6)
+    # +90 deg about glTF +Y (up) is +90 deg about head +Z: (x, y) -> (-y, x)
+    expect = np.stack([-b.means[:, 1], b.means[:, 0], b.means[:, 2]], axis=1)
+    np.testing.assert_allclose(t.means[10:], expect, atol=1e-6)
