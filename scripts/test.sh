@@ -12,7 +12,7 @@ cd "$REPO"
 # PlayCanvas splat-transform and the Khronos glTF validator (npm), the outside readers of
 # tests/test_formats_outside.py; those tests skip where npm is absent or the install fails
 if command -v npm >/dev/null && [ ! -f "$REPO/.cache/npm/node_modules/gltf-validator/package.json" ]; then
-    npm install --silent --no-audit --no-fund --prefix "$REPO/.cache/npm" \
+    timeout 600 npm install --silent --no-audit --no-fund --prefix "$REPO/.cache/npm" \
         @playcanvas/splat-transform@3.10.2 gltf-validator@2.0.0-dev.3.10 >&2 \
         || echo "[setup] npm could not install splat-transform / gltf-validator; their tests will skip" >&2
 fi
