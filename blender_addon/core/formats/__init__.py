@@ -1,13 +1,11 @@
 """Splat file formats beyond INRIA PLY, numpy only (shared by the backend and the add-on).
 
-=========  ==========================================  ===========  ==================
-format     module                                      file axes    what it keeps
-=========  ==========================================  ===========  ==================
-``ply``    :mod:`..splat_ply` (INRIA 3DGS)              RDF          every value, float32
-``spz``    :mod:`.spz` (Niantic, gzip v3)               RUB          quantised, SH 0..3
-``splat``  :mod:`.dotsplat` (antimatter15)              RDF          8-bit colour/rotation, no SH
-``glb``    :mod:`.gltf` (glTF 2.0 KHR_gaussian_splatting) glTF Y-up  float32, SH 0..3
-=========  ==========================================  ===========  ==================
+- ``ply``: INRIA 3DGS (:mod:`..splat_ply`), RDF axes, every value as float32;
+- ``spz``: Niantic SPZ (:mod:`.spz`, gzip version 3), RUB axes (or RDF on request),
+  quantised, SH degrees 0 to 3, about 5x (SH 0) to 10x (SH 3) smaller than PLY;
+- ``splat``: antimatter15 (:mod:`.dotsplat`), RDF axes, 8-bit colour and rotation, no SH;
+- ``glb``: glTF 2.0 with KHR_gaussian_splatting (:mod:`.gltf`), glTF's Y-up axes, float32,
+  SH degrees 0 to 3.
 
 :func:`read_splats` and :func:`write_splats` pick the codec from the file name (and, on read,
 from the file's first bytes); every reader returns head-frame :class:`SplatArrays`.
@@ -38,6 +36,7 @@ __all__ = [
     "format_of",
     "from_bytes",
     "read_splats",
+    "sniff",
     "to_bytes",
     "write_splats",
 ]
