@@ -68,17 +68,36 @@ def camera_position(view_matrix: np.ndarray) -> np.ndarray:
     return out
 
 
-def sh_colors(sh0: np.ndarray, shN: np.ndarray | None, means: np.ndarray, camera: np.ndarray) -> np.ndarray:
+def coefficients_by_band(shN: np.ndarray) -> np.ndarray:
+    """SH rest coefficients [N, K, 3] as one contiguous float32 block per basis function
+    [K, N, 3]: what :func:`sh_colors` streams through (computed once per cloud)."""
+    out: np.ndarray = np.ascontiguousarray(np.moveaxis(np.asarray(shN, np.float32), 1, 0))
+    return out
+
+
+def sh_colors(
+    sh0: np.ndarray,
+    shN: np.ndarray | None,
+    means: np.ndarray,
+    camera: np.ndarray,
+    *,
+    by_band: np.ndarray | None = None,
+) -> np.ndarray:
     """RGB [N, 3] (float32, clamped at 0 as the 3DGS renderers do) of each splat seen from
     ``camera`` (object axes): 0.5 + C0 * sh0 + sum over bands of Y_l(d) . c_l, d = unit
-    direction camera -> splat."""
+    direction camera -> splat. ``by_band``: :func:`coefficients_by_band` of ``shN``, when the
+    caller keeps it (the sum then reads K contiguous blocks instead of strided columns)."""
     rgb = 0.5 + SH_C0 * np.asarray(sh0, np.float32)
     if shN is not None and shN.shape[1]:
         d = np.asarray(means, np.float32) - np.asarray(camera, np.float32)
         d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-        basis = np.stack(sh_basis_terms(d[:, 0], d[:, 1], d[:, 2], DEGREE_OF_K[shN.shape[1]]), axis=1)  # [N, K]
-        rgb += np.einsum("nk,nkc->nc", basis, np.asarray(shN, np.float32))
-    out: np.ndarray = np.maximum(rgb, 0.0).astype(np.float32)
+        terms = sh_basis_terms(d[:, 0], d[:, 1], d[:, 2], DEGREE_OF_K[shN.shape[1]])
+        blocks = coefficients_by_band(shN) if by_band is None else by_band
+        tmp = np.empty_like(rgb)
+        for term, block in zip(terms, blocks, strict=True):
+            np.multiply(term[:, None], block, out=tmp)
+            rgb += tmp
+    out: np.ndarray = np.maximum(rgb, 0.0, out=rgb).astype(np.float32, copy=False)
     return out
 
 
@@ -128,12 +147,30 @@ class ViewCache:
     view: np.ndarray | None = field(default=None)
     sorts: int = 0
     pad_to: int = 1  # pack_instances' row padding (splats per texture row)
+    # built on the first update: the rows in file order (the colour columns rewritten per
+    # view) and the SH coefficients by band
+    _rows: np.ndarray | None = field(default=None, init=False, repr=False)
+    _by_band: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def update(self, view_matrix: np.ndarray) -> np.ndarray | None:
+        """The rows of :func:`pack_instances` for this view, or None when the view has not
+        changed enough. Per view it costs one radix sort, the SH sum and one gather of whole
+        64-byte rows (the view-independent columns are packed once). The array returned is
+        new each time; the caller may keep it."""
         if not view_changed(self.view, view_matrix):
             return None
         self.view = np.array(view_matrix, np.float64)
         self.sorts += 1
+        n = len(self.means)
+        if self._rows is None:
+            zeros = np.zeros((n, 3), np.float32)
+            self._rows = pack_instances(self.means, self.opacity, self.cov, zeros, np.arange(n))
+            if self.shN is not None and self.shN.shape[1]:
+                self._by_band = coefficients_by_band(self.shN)
         order = depth_order(self.means, self.view)
-        rgb = sh_colors(self.sh0, self.shN, self.means, camera_position(self.view))
-        return pack_instances(self.means, self.opacity, self.cov, rgb, order, self.pad_to)
+        rgb = sh_colors(self.sh0, self.shN, self.means, camera_position(self.view), by_band=self._by_band)
+        self._rows[:, 10:13] = rgb  # in file order (a sequential write), then one gather of whole rows
+        out = np.empty((-(-n // self.pad_to) * self.pad_to, INSTANCE_FLOATS), np.float32)
+        np.take(self._rows, order, axis=0, out=out[:n])
+        out[n:] = 0.0
+        return out

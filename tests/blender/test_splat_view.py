@@ -13,6 +13,7 @@ from blender_addon.core.splat_view import (
     covariances,
     depth_order,
     pack_instances,
+    sh_colors,
     view_changed,
 )
 
@@ -98,3 +99,33 @@ def test_pack_pads_whole_texture_rows_with_invisible_splats():
     )
     assert not rows[n:].any()  # opacity 0: the vertex shader culls them
     assert pack_instances(means, opacity, np.ones((n, 6), np.float32), means, order, pad_to=5).shape == (5, 16)
+
+
+def test_view_cache_rows_equal_the_plain_pipeline():
+    """ViewCache's fast path (rows packed once, SH by band, one row gather) gives what
+    depth_order + sh_colors (einsum of the renderer's basis) + pack_instances give."""
+    from blender_addon.core.sh import sh_basis_terms
+    from blender_addon.core.splat_arrays import SH_C0
+
+    n = 2500
+    rng = np.random.default_rng(5)
+    means = rng.normal(size=(n, 3)).astype(np.float32)
+    sh0 = rng.normal(size=(n, 3)).astype(np.float32)
+    shN = (0.3 * rng.normal(size=(n, 15, 3))).astype(np.float32)
+    opacity = rng.random(n).astype(np.float32)
+    cov = rng.normal(size=(n, 6)).astype(np.float32)
+    view = _look_at([0.7, -3.0, 1.1])
+    cache = ViewCache(means, opacity, sh0, shN, cov, pad_to=1024)
+    rows = cache.update(view)
+    assert rows is not None and rows.shape == (3072, INSTANCE_FLOATS)
+    cam = camera_position(view)
+    d = means - cam
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    basis = np.stack(sh_basis_terms(d[:, 0], d[:, 1], d[:, 2], 3), axis=1).astype(np.float64)
+    rgb = np.maximum(0.5 + SH_C0 * sh0 + np.einsum("nk,nkc->nc", basis, shN.astype(np.float64)), 0.0)
+    np.testing.assert_allclose(sh_colors(sh0, shN, means, cam), rgb, atol=2e-5)
+    order = depth_order(means, view)
+    want = pack_instances(means, opacity, cov, rgb.astype(np.float32), order, pad_to=1024)
+    np.testing.assert_array_equal(rows[:, :10], want[:, :10])
+    np.testing.assert_allclose(rows[:, 10:], want[:, 10:], atol=2e-5)
+    assert rgb.min() == 0.0 and rgb.max() > 1.0  # the clamp at 0 is exercised, no clamp at 1
