@@ -8,7 +8,9 @@ on, a ``POST_VIEW`` draw handler draws it in every 3D viewport, and
 How one object is drawn (the CPU half is :mod:`.core.splat_view`, tested without a GPU):
 
 - per view, :class:`.core.splat_view.ViewCache` re-sorts back to front (16-bit depth keys,
-  radix sort) and re-evaluates SH 0-3 only when the view turned or moved enough;
+  radix sort) and re-evaluates SH 0-3 only when the view turned or moved enough; in the
+  viewport that runs on a worker thread, and the previous order is drawn until it is done,
+  so orbiting a million splats never waits on a sort;
 - the packed rows (:func:`.core.splat_view.pack_instances`, 16 floats a splat) go to the
   GPU as one RGBA32F texture, straight from the numpy array (``gpu.types.Buffer`` over the
   array's memory: no Python lists); Blender's Python API has no per-instance vertex
@@ -30,6 +32,7 @@ only when a render needs it: :func:`ensure_gpu` renders one Workbench pixel to s
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import bpy
@@ -40,10 +43,11 @@ from mathutils import Matrix
 
 from . import splats
 from .core.splat_arrays import sigmoid
-from .core.splat_view import INSTANCE_FLOATS, ViewCache, covariances
+from .core.splat_view import INSTANCE_FLOATS, ViewCache, covariances, view_changed
 
 PROP = "portraitsplat_splat_view"
 ROW_SPLATS = 1024  # splats per texture row: 4 RGBA32F texels each, 4096 texels wide
+SYNC_SPLATS = 200_000  # the viewport sorts a cloud's first view in the draw itself up to this size
 EPS2D = 0.3  # px^2 low-pass added to each 2D covariance (the backend's eps2d)
 
 _VERT = """
@@ -108,7 +112,7 @@ void main()
 }
 """
 
-_state: dict = {"shader": None, "quad": None, "handler": None}
+_state: dict = {"shader": None, "quad": None, "handler": None, "executor": None}
 
 
 # --------------------------------------------------------------------------- GPU objects
@@ -191,6 +195,52 @@ class _Drawn:
     cache: ViewCache
     texture: gpu.types.GPUTexture | None = None
     count: int = 0
+    pending: Future | None = None  # a re-sort running on the worker thread
+
+
+def _worker() -> ThreadPoolExecutor:
+    if _state.get("executor") is None:
+        _state["executor"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="portraitsplat-sort")
+    return _state["executor"]
+
+
+def _next_rows(entry: _Drawn, obj_to_view: np.ndarray, n: int, wait: bool) -> np.ndarray | None:
+    """New rows to upload for this view, or None to keep the texture. With ``wait`` the
+    sort runs here; without, a view that needs a re-sort hands it to the worker thread
+    (numpy releases the GIL in the long loops) and the old order is drawn meanwhile."""
+    rows = None
+    if entry.pending is not None and (wait or entry.pending.done()):
+        try:
+            rows = entry.pending.result()
+        finally:
+            entry.pending = None
+    if wait:
+        newer = entry.cache.update(obj_to_view)
+        return rows if newer is None else newer
+    if entry.pending is None and view_changed(entry.cache.view, obj_to_view):
+        if entry.texture is None and rows is None and n <= SYNC_SPLATS:
+            return entry.cache.update(obj_to_view)  # small: the first view without a blank frame
+        entry.pending = _worker().submit(entry.cache.update, obj_to_view.copy())
+        _watch_pending()
+    return rows
+
+
+def _watch_pending() -> None:
+    """Redraw the 3D views when the worker's sorts are done (a main-thread timer)."""
+    if bpy.app.timers.is_registered(_poll_pending):
+        return
+    bpy.app.timers.register(_poll_pending, first_interval=0.02)
+
+
+def _poll_pending() -> float | None:
+    pending = [e.pending for e in _views.values() if e.pending is not None]
+    if pending and not any(f.done() for f in pending):
+        return 0.02
+    for window in getattr(bpy.context.window_manager, "windows", ()):
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+    return 0.02 if any(not f.done() for f in pending) else None
 
 
 _data: dict[int, ViewCache] = {}  # mesh session_uid -> the view-independent arrays (a template ViewCache)
@@ -238,12 +288,16 @@ def draw_instances(
     view_key,
     *,
     srgb_target: bool = False,
+    wait: bool = True,
 ) -> int:
     """Draw splat objects into the bound framebuffer. ``instances``: (original object,
     4x4 world matrix, instance key); ``view_matrix``/``proj_matrix``: world -> view ->
     clip (Blender's, camera looking down -Z). ``srgb_target``: the framebuffer is sRGB
     encoded (SRGB8_A8, as the 3D viewport's overlay buffer that ``POST_VIEW`` handlers draw
     into): colours are linearised first, and blending happens in linear light there.
+    ``wait=False`` (the viewport): a view that needs a re-sort never blocks the draw; the
+    sort runs on a worker thread and the previous order is drawn until it is done (an object
+    seen for the first time is drawn once its first sort is done, at once when small).
     Returns the number of splats drawn."""
     sh = shader()
     batch = quad_batch()
@@ -265,9 +319,11 @@ def draw_instances(
                 cache = ViewCache(base.means, base.opacity, base.sh0, base.shN, base.cov, pad_to=ROW_SPLATS)
                 entry = _views[key] = _Drawn(cache)
             obj_to_view = view @ np.asarray(world, np.float64)
-            rows = entry.cache.update(obj_to_view)
+            rows = _next_rows(entry, obj_to_view, len(base.means), wait)
             if rows is not None:
                 entry.texture, entry.count = upload(rows), len(base.means)
+            if entry.texture is None:
+                continue  # the first sort is still running
             mvp = proj @ obj_to_view
             sh.bind()
             sh.uniform_float("mvp", Matrix(mvp.tolist()))
@@ -326,6 +382,7 @@ def _draw_handler() -> None:
         region.height,
         rv3d.as_pointer(),
         srgb_target=True,
+        wait=False,
     )
 
 
@@ -479,6 +536,11 @@ def unregister() -> None:
     ):
         if fn in handlers:
             handlers.remove(fn)
+    if bpy.app.timers.is_registered(_poll_pending):
+        bpy.app.timers.unregister(_poll_pending)
+    if _state["executor"] is not None:
+        _state["executor"].shutdown(wait=True)
+        _state["executor"] = None
     clear_caches()
     _state["shader"] = _state["quad"] = None
     if hasattr(bpy.types.Object, PROP):

@@ -267,3 +267,50 @@ def test_srgb_framebuffer_shows_the_same_colours(gpu_addon):
     print(f"sRGB target: mean |err| {err.mean():.4f}, without linearising {err_plain.mean():.4f}")
     assert err.mean() < 0.015 and np.percentile(err, 90) < 0.03
     assert err_plain.mean() > 3 * err.mean()
+
+
+def test_viewport_draws_never_wait_for_a_sort(gpu_addon, monkeypatch):
+    """With wait=False (the draw handler's way), a view that needs a re-sort is sorted on the
+    worker thread: the draw returns at once with the previous order, and a later draw shows
+    exactly what a waiting draw shows."""
+    from blender_addon import splat_view, splats
+
+    monkeypatch.setattr(splat_view, "SYNC_SPLATS", 0)  # even this small cloud goes to the worker
+    obj = splats.create_splat_object(bpy.context.scene, "head", synthetic_head(3000, seed=27, sh_rest=3), tag="a")
+    cam = _camera("async", (0.1, -0.5, 0.05), (0.0, 0.0, 0.0))
+    view, proj = splat_view.camera_matrices(bpy.context.scene, cam, 64, 64)
+    instances = [(obj, np.array(obj.matrix_world, np.float64), ("async",))]
+
+    def draw(view_matrix, wait):
+        import gpu
+
+        off = gpu.types.GPUOffScreen(64, 64, format="RGBA32F")
+        try:
+            with off.bind():
+                fb = gpu.state.active_framebuffer_get()
+                fb.clear(color=(0.0, 0.0, 0.0, 0.0), depth=1.0)
+                drawn = splat_view.draw_instances(instances, view_matrix, proj, 64, 64, ("async", wait), wait=wait)
+                img = splat_view.buffer_to_numpy(fb.read_color(0, 0, 64, 64, 4, 0, "FLOAT")).reshape(64, 64, 4)
+        finally:
+            off.free()
+        return drawn, img
+
+    assert draw(view, False)[0] == 0  # nothing sorted yet: nothing drawn, no wait
+    (entry,) = [e for k, e in splat_view._views.items() if k[1] == ("async", False)]
+    entry.pending.result(timeout=60)
+    drawn, first = draw(view, False)
+    assert drawn == 3000 and entry.pending is None
+    np.testing.assert_array_equal(first, draw(view, True)[1])
+    turned = view @ _rot_z(0.5)  # the object turned by 0.5 rad: a re-sort
+    drawn, stale = draw(turned, False)
+    assert drawn == 3000 and entry.pending is not None  # drawn at once, in the old order
+    entry.pending.result(timeout=60)
+    _, fresh = draw(turned, False)
+    np.testing.assert_array_equal(fresh, draw(turned, True)[1])
+    assert np.abs(stale - fresh).max() > 0  # the stale frame's order and colours were the old ones
+
+
+def _rot_z(a: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:2, :2] = [[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]
+    return m
