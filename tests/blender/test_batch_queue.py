@@ -11,7 +11,10 @@ import pytest
 pytestmark = pytest.mark.blender
 bpy = pytest.importorskip("bpy")
 
-from test_generate_e2e import PHOTO, _drive, launched  # noqa: E402,F401 - the fixture
+import test_generate_e2e as e2e  # noqa: E402
+from test_generate_e2e import PHOTO, _drive  # noqa: E402
+
+launched = e2e.launched  # the fixture: the add-on launching the backend (synthetic pipeline offered)
 
 
 def test_queue_batch_shows_every_head_in_the_job_list(launched, tmp_path):
