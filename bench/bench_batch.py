@@ -1,13 +1,14 @@
 """Benchmark: batch throughput (heads per hour) on this machine, locally and on a local Ray.
 
-    .venv/bin/python bench/bench_batch.py [--heads 8] [--preset preview] [--eval] [--ray-workers 2]
+    .venv/bin/python bench/bench_batch.py [--heads 8] [--preset preview] [--eval] [--ray-workers 2] [--local-workers 2]
                                           [--option KEY=VALUE ...] [--out bench/results/batch.md]
 
 Makes ``--heads`` heads of the `photo` pipeline from public-domain portraits (the astronaut,
 Grace Hopper from matplotlib's samples, and mirrored / shifted copies of them, so that every
 head is a different photo), then runs the same batch twice into fresh folders:
 
-1. local: ``LocalRunner``, one worker process (this machine has no GPU);
+1. local: ``LocalRunner``, one worker process (this machine has no GPU), and with
+   ``--local-workers N`` also N worker processes sharing the cores (``--workers N``);
 2. Ray: a local Ray with ``--ray-workers`` CPUs, one task per head (``num_gpus=0``).
 
 Heads per hour = heads / wall time, the wall time including each runner's start (the worker
@@ -55,10 +56,10 @@ def make_photos(folder: Path, n: int) -> None:
 
 
 def run(kind: str, specs, out: Path, settings: EvalSettings, workers: int) -> tuple[float, int, int]:
-    if kind == "local":
+    if kind.startswith("local"):
         from backend.batch.run_local import LocalRunner
 
-        runner = LocalRunner(settings, lanes=[None])
+        runner = LocalRunner(settings, lanes=[None] * workers)
     else:
         import ray
 
@@ -84,6 +85,7 @@ def main() -> int:
     ap.add_argument("--preset", default="preview")
     ap.add_argument("--eval", action="store_true", help="evaluate each head (default: no evaluation)")
     ap.add_argument("--ray-workers", type=int, default=2)
+    ap.add_argument("--local-workers", type=int, default=1, help="also run locally with N worker processes (N > 1)")
     ap.add_argument("--option", action="append", default=[])
     ap.add_argument("--only", choices=["local", "ray"], default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "batch.md")
@@ -97,13 +99,20 @@ def main() -> int:
         settings = EvalSettings(evaluate=args.eval)
         rows = []
         load0 = os.getloadavg()[0]
-        for kind in ("local", "ray"):
+        kinds = [("local", 1), ("ray", args.ray_workers)]
+        if args.local_workers > 1:
+            kinds.insert(1, ("local", args.local_workers))
+        for kind, workers in kinds:
             if args.only and kind != args.only:
                 continue
             t_start = time.perf_counter()
-            wall, done, failed = run(kind, specs, tmp / f"out_{kind}", settings, args.ray_workers)
+            wall, done, failed = run(kind, specs, tmp / f"out_{kind}{workers}", settings, workers)
             wall = time.perf_counter() - t_start  # the runner's start included
-            label = "local, 1 worker process" if kind == "local" else f"local Ray, {args.ray_workers} workers"
+            label = (
+                f"local, {workers} worker process{'es' if workers > 1 else ''}"
+                if kind == "local"
+                else f"local Ray, {workers} workers"
+            )
             rows.append((label, done, failed, wall, 3600 * done / wall))
             print(f"{label}: {done} done, {failed} failed in {wall:.1f} s -> {3600 * done / wall:.0f} heads/hour")
         load1 = os.getloadavg()[0]

@@ -305,3 +305,17 @@ def test_ray_flag_without_ray_installed_is_a_typed_error(tmp_path, monkeypatch, 
     assert main(["batch", str(src), "--out", str(tmp_path / "out"), "--ray", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "error [ray_missing]" in err and ".[ray]" in err
+
+
+def test_local_cpu_lanes_split_the_cores():
+    import os
+
+    from backend.batch.head import EvalSettings
+    from backend.batch.run_local import LocalRunner
+
+    one = LocalRunner(EvalSettings(), lanes=[None])
+    two = LocalRunner(EvalSettings(), lanes=[None, None])
+    gpus = LocalRunner(EvalSettings(), lanes=["0", "1"])
+    assert one.slots == 1 and one.lanes[0].threads is None  # one process: all the cores
+    assert two.slots == 2 and [lane.threads for lane in two.lanes] == [max(1, (os.cpu_count() or 1) // 2)] * 2
+    assert [lane.device for lane in gpus.lanes] == ["0", "1"] and "GPU 0, 1" in gpus.where

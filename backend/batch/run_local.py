@@ -1,6 +1,7 @@
 """Heads on this machine: one worker process per lane, one head at a time per lane.
 
-A lane is a GPU (its worker sees only that GPU) or, without one, the CPU (one lane). The
+A lane is a GPU (its worker sees only that GPU) or, without one, the CPU (one lane; with
+``--workers N``, N lanes splitting the cores between them). The
 worker process is started once per lane (``spawn``: no forked torch state) and keeps its
 pipelines and models warm between heads. A worker that dies (a CUDA crash, the kernel's
 out-of-memory killer, ``kill -9``) costs only its current head: it comes back as a
@@ -35,14 +36,19 @@ def default_lanes() -> list[str | None]:
     return list(ids[:n])
 
 
-def _init_lane(device: str | None) -> None:
+def _init_lane(device: str | None, threads: int | None) -> None:
+    """In the fresh worker process, before torch is imported: its GPU, and its share of the
+    CPU threads when several CPU lanes share this machine."""
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(threads)
 
 
 @dataclass
 class _Lane:
     device: str | None
+    threads: int | None = None
     pool: cf.ProcessPoolExecutor | None = None
     future: cf.Future[HeadOutcome] | None = None
     spec: HeadSpec | None = None
@@ -54,7 +60,7 @@ class _Lane:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_lane,
-                initargs=(self.device,),
+                initargs=(self.device, self.threads),
             )
         return self.pool
 
@@ -74,7 +80,10 @@ class LocalRunner:
     ):
         self.settings = settings
         self.ply_frame = ply_frame
-        self.lanes = [_Lane(d) for d in (lanes if lanes is not None else default_lanes())]
+        devices = lanes if lanes is not None else default_lanes()
+        cpu_lanes = sum(1 for d in devices if d is None)
+        threads = max(1, (os.cpu_count() or 1) // cpu_lanes) if cpu_lanes > 1 else None
+        self.lanes = [_Lane(d, threads if d is None else None) for d in devices]
         self.slots = len(self.lanes)
         gpus = [d for d in (lane.device for lane in self.lanes) if d is not None]
         self.where = f"local, {self.slots} worker process{'es' if self.slots > 1 else ''} on " + (
