@@ -60,6 +60,23 @@ def test_gaussians_fill_a_head_sized_volume_back_included(astronaut_result):
     assert s.rgb()[back].mean() < 0.85
 
 
+def test_back_of_the_head_is_hair_not_skin(astronaut_result):
+    """The photo's hair colour behind the ears and above the nape, after the whole fit (the front
+    view never paints the face onto the back through the translucent face)."""
+    from backend.face import analyse_face
+    from backend.face.regions import photo_regions, to_lab
+
+    img = load_image(PHOTO)
+    regions = photo_regions(img, analyse_face(img).landmarks2d)
+    s = astronaut_result[0].splats
+    back = (s.means[:, 1] > 0.06) & (s.means[:, 2] > 0.0)
+    assert back.sum() > 300, back.sum()
+    lab = to_lab(np.clip(s.rgb()[back], 0, 1))
+    d_hair, d_skin = regions.hair_model.distance(lab), regions.skin_model.distance(lab)
+    assert (d_hair < d_skin).mean() > 0.95, (d_hair < d_skin).mean()
+    assert (d_skin > 3.0).mean() > 0.9, (d_skin > 3.0).mean()
+
+
 def test_turntable_back_view_is_covered(astronaut_result):
     result, _ = astronaut_result
     frames = result.turntable

@@ -4,8 +4,9 @@ The photo is analysed exactly as the pipelines analyse it (MediaPipe, then the h
 fitted to the landmarks), so nothing here depends on how the head was made:
 
 - ``fit``: the photo's camera in the head frame (``backend.prior.fit_head``);
-- ``landmarks3d``: the photo's 478 landmarks lifted onto the fitted template
-  (``backend.prior.lift``), the head's own 3D landmarks that PCK projects into each view;
+- ``landmarks3d``: the photo's 478 landmarks lifted onto the fitted template reshaped to
+  them (``backend.prior.deform``: MediaPipe's own relative depth gives the face's relief;
+  ``backend.prior.lift``), the head's own 3D landmarks that PCK projects into each view;
 - ``front_camera`` / ``front_target`` / ``face_mask``: the photo's camera restricted to a
   square crop around the face, the photo cut to that crop, and the face (MediaPipe's face
   oval) inside it, where front fidelity is measured.
@@ -21,6 +22,7 @@ import torch
 
 from ..face import FACE_OVAL, FaceAnalysis, analyse_face, square_crop
 from ..gaussians.cameras import Cameras
+from ..prior.deform import deform_to_landmarks
 from ..prior.fit import HeadFit, fit_head
 from ..prior.lift import lift_landmarks
 
@@ -42,7 +44,8 @@ def analyse_photo(image: np.ndarray, front_size: int = 256) -> PhotoReference:
     """Analyse the photo (raises ``NoFaceError`` / ``FaceTooSmallError`` on a bad photo)."""
     face = analyse_face(image)
     fit = fit_head(face.landmarks2d, (image.shape[1], image.shape[0]), landmarks3d=face.landmarks3d)
-    lm3d = lift_landmarks(fit, face.landmarks2d, face.landmarks3d)
+    mesh, _ = deform_to_landmarks(fit, fit.mesh(), face.landmarks2d, face.landmarks3d)
+    lm3d = lift_landmarks(fit, face.landmarks2d, face.landmarks3d, mesh=mesh)
     camera, target, box = face_crop(image, fit, face.landmarks2d, front_size)
     mask = face_oval_mask(face.landmarks2d, box, front_size)
     return PhotoReference(image, face, fit, lm3d, camera, target, mask)

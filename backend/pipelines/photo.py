@@ -1,9 +1,14 @@
 """The embedded default: one photo -> a Gaussian head, with no downloaded weights (METHOD C).
 
     photo -> face (MediaPipe, shipped in its wheel) -> head template fitted to the landmarks
-          -> 10k Gaussians on the template surface, coloured from the photo where it sees them
-          -> photometric fit (L1 + SSIM) from the photo's own camera
-             + priors for what the photo cannot see (symmetry, stay near the template surface)
+          -> the template reshaped to all 478 landmarks (backend.prior.deform) and given a
+             hair volume out to the photo's outline (backend.prior.hair)
+          -> the photo split into hair / skin / clothes / background (backend.face.regions)
+          -> 10k Gaussians on that surface, coloured from the photo where it sees them and
+             from the photo's hair / skin / clothes colours elsewhere (backend.prior.colours)
+          -> photometric fit (L1 + SSIM) from the photo's own camera, on the person's pixels,
+             + priors for what the photo cannot see (symmetry, stay near the surface), kept
+             for the whole fit (densified splats inherit their parent's anchor)
           -> head.ply + a turntable rendered with our renderer
 
 It is Instax3D's construction stage (METHOD B.2) with one real view instead of 21 generated
@@ -24,6 +29,7 @@ from scipy.spatial import cKDTree
 from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
 from ..face import analyse_face
+from ..face.regions import PhotoRegions, photo_regions
 from ..gaussians.cameras import Cameras
 from ..gaussians.loop import LoopConfig, optimise, render_model
 from ..gaussians.losses import photometric, psnr, ssim
@@ -31,8 +37,12 @@ from ..gaussians.model import GaussianModel
 from ..gaussians.raster_cpu import torch_single_threaded
 from ..gaussians.render import resolve_backend, use_backend
 from ..gaussians.strategies import make_strategy
+from ..prior.colours import fill_colours
+from ..prior.deform import deform_to_landmarks, moved
 from ..prior.fit import HeadFit, fit_head
+from ..prior.hair import hair_shell, hair_weight, point_weight
 from ..prior.sample import INIT_OPACITY, INIT_SCALE, head_unit, project_colors, sample_surface
+from ..prior.template import HeadMesh
 from . import NullReporter, RunResult
 from .cache import ModelCache
 from .presets import choose_preset
@@ -45,9 +55,17 @@ class PhotoPreset:
     opacity: float = INIT_OPACITY  # METHOD A.1: 0.2
     # Ours: splats the photo cannot see get no photometric gradient, so at 0.2 the back of the
     # head stays see-through and shows the face from behind. Start them opaque instead.
-    hidden_opacity: float = 0.9
+    hidden_opacity: float = 0.95
+    # Ours: and larger, so the back of the head is closed (it carries hair colour, not detail)
+    hidden_scale: float = 1.6
+    # Ours: the face gets this many times the splats per area of the rest of the seen head
+    face_density: float = 2.0
     scale: float = INIT_SCALE  # METHOD A.1: 0.02 head units
     project_photo_colours: bool = True  # METHOD A.1 allowed improvement; False = paper's grey init
+    # Ours (issue #17): the template reshaped to all 478 landmarks, a hair volume out to the
+    # photo's outline, and unseen points coloured from the photo's hair/skin/clothes colours
+    shape_from_landmarks: bool = True
+    hair_volume: bool = True
     # Ours, sized to the demo's <= 60 s on 2 CPU cores with the tile rasteriser (issue #16,
     # bench/results/cpu_raster.md): 150 steps at 128 px before it, with the torch reference.
     steps: int = 250
@@ -75,7 +93,9 @@ PRESETS: dict[str, PhotoPreset] = {
         n_points=3000, steps=30, fit_res=96, preview_every=10, turntable_frames=8, turntable_res=128
     ),
     "default": PhotoPreset(),
-    "paper_init": PhotoPreset(project_photo_colours=False, hidden_opacity=INIT_OPACITY),  # METHOD A.1 exactly
+    "paper_init": PhotoPreset(  # METHOD A.1 exactly: grey splats on the (undeformed) template
+        project_photo_colours=False, hidden_opacity=INIT_OPACITY, shape_from_landmarks=False, hair_volume=False
+    ),
     "quality": PhotoPreset(
         n_points=20_000,
         steps=1200,
@@ -122,29 +142,43 @@ def crop_resize(image: np.ndarray, box: tuple[int, int, int], res: int) -> np.nd
     return np.asarray(Image.fromarray(crop).resize((res, res), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
 
 
-def propagate_colours(points: np.ndarray, rgb: np.ndarray, visible: np.ndarray) -> np.ndarray:
-    """Fill colours the photo cannot see: the mirror point's colour if the photo sees it
-    (faces are near-symmetric), else the nearest seen point's colour."""
-    out = rgb.copy()
-    if not visible.any():
-        return out
-    tree = cKDTree(points[visible])
-    hidden = np.flatnonzero(~visible)
-    mirrored = points[hidden] * np.array([-1.0, 1.0, 1.0], np.float32)
-    d_m, i_m = tree.query(mirrored)
-    _, i_n = tree.query(points[hidden])
-    use_mirror = d_m < 0.004
-    src = np.where(use_mirror, i_m, i_n)
-    out[hidden] = rgb[visible][src]
-    return out
+def head_surface(fit: HeadFit, face, regions: PhotoRegions | None, cfg: PhotoPreset) -> tuple[HeadMesh, np.ndarray]:
+    """The fitted template, reshaped to the landmarks and given hair as ``cfg`` says, and its
+    per-vertex scalp weight (:func:`backend.prior.hair.hair_weight`)."""
+    mesh = fit.mesh()
+    if cfg.shape_from_landmarks:
+        mesh, _ = deform_to_landmarks(fit, mesh, face.landmarks2d, face.landmarks3d)
+    scalp = hair_weight(mesh)
+    if cfg.hair_volume and regions is not None:
+        mesh = moved(mesh, hair_shell(fit, mesh, regions.person, scalp))
+    return mesh, scalp
 
 
-def initial_splats(mesh, fit, image, preset: PhotoPreset, rng) -> tuple[SplatArrays, np.ndarray, np.ndarray]:
-    pts, normals, _ = sample_surface(mesh, preset.n_points, rng)
+def initial_splats(
+    mesh, fit, image, preset: PhotoPreset, rng, *, regions: PhotoRegions | None = None, scalp: np.ndarray | None = None
+) -> tuple[SplatArrays, np.ndarray, np.ndarray]:
+    """Splats on ``mesh``, their normals, and which ones take the photo's colour.
+
+    With ``regions`` (and ``scalp``, the per-vertex hair weight), points the photo does not
+    see get the photo's hair / skin / clothes colours (:func:`backend.prior.colours.fill_colours`);
+    without, they stay the projection's grey."""
+    density = None
+    if regions is not None and preset.project_photo_colours:
+        # as many splats per unit of coverage where the photo sees the head as elsewhere (the
+        # unseen ones are hidden_scale times larger, so 1 / hidden_scale^2 as dense), and
+        # face_density times that on the face, where identity lives
+        tri = np.asarray(mesh.vertices, np.float64)[mesh.faces]
+        _, seen = project_colors(tri.mean(1), mesh.face_normals(), image, fit, mesh=mesh)
+        density = np.where(seen, 1.0, 1.0 / preset.hidden_scale**2)
+        density[mesh.face_mask[mesh.faces].any(1)] *= preset.face_density
+    pts, normals, _ = sample_surface(mesh, preset.n_points, rng, density=density)
     n = len(pts)
     if preset.project_photo_colours:
         rgb, visible = project_colors(pts, normals, image, fit, mesh=mesh)
-        rgb = propagate_colours(pts, rgb, visible)
+        if regions is not None:
+            scalp_pts = point_weight(mesh, hair_weight(mesh) if scalp is None else scalp, pts)
+            uv, _ = fit.project(pts)
+            rgb, _, visible = fill_colours(pts, uv, visible, scalp_pts, image, regions, rng)
     else:
         rgb, visible = np.full((n, 3), 0.5, np.float32), np.zeros(n, bool)
     quats = np.zeros((n, 4), np.float32)
@@ -152,10 +186,11 @@ def initial_splats(mesh, fit, image, preset: PhotoPreset, rng) -> tuple[SplatArr
     opacity = np.where(visible | ~preset.project_photo_colours, preset.opacity, preset.hidden_opacity).astype(
         np.float32
     )
+    scale = preset.scale * head_unit(mesh) * np.where(visible | ~preset.project_photo_colours, 1.0, preset.hidden_scale)
     splats = SplatArrays(
         means=pts,
         quats=quats,
-        log_scales=np.full((n, 3), np.log(preset.scale * head_unit(mesh)), np.float32),
+        log_scales=np.repeat(np.log(scale).astype(np.float32)[:, None], 3, axis=1),
         opacity_logits=logit(opacity),
         sh0=rgb_to_sh0(rgb),
     )
@@ -168,6 +203,7 @@ class PhotoFit:
 
     model: GaussianModel  # head frame
     fit: HeadFit  # the template placed in the photo
+    mesh: HeadMesh  # the surface the splats started on: the template reshaped, with hair
     face: object  # backend.face.FaceAnalysis of the photo
     camera: Cameras  # the photo's camera on the head crop, fit_res px
     metrics: dict[str, float]
@@ -196,37 +232,58 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
     face = analyse_face(image)
     reporter.progress("face", 1, 1, f"{face.n_faces} face(s), yaw {face.yaw_pitch_roll[0]:.0f} deg")
     fit = fit_head(face.landmarks2d, (image.shape[1], image.shape[0]), landmarks3d=face.landmarks3d)
-    mesh = fit.mesh()
+    regions = photo_regions(image, face.landmarks2d, seed=seed) if cfg.project_photo_colours else None
+    mesh, scalp = head_surface(fit, face, regions, cfg)
     timings["face_and_template_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     reporter.progress("init", 0, 1, "placing Gaussians on the head template")
-    splats, normals, visible = initial_splats(mesh, fit, image, cfg, rng)
+    splats, normals, visible = initial_splats(mesh, fit, image, cfg, rng, regions=regions, scalp=scalp)
     cam, box = head_crop_camera(fit, mesh, cfg.fit_res)
     target = torch.from_numpy(crop_resize(image, box, cfg.fit_res))[None]  # [1, R, R, 3]
     model = GaussianModel.from_splats(splats, cfg.lr_preset, total_steps=cfg.steps)
     mask = _silhouette(model, cam)  # [1, R, R, 1] where the template covers the crop
+    if regions is not None:  # ... and the photo shows the person, not the background
+        person = np.repeat(regions.person[..., None].astype(np.uint8) * 255, 3, axis=2)
+        mask &= torch.from_numpy(crop_resize(person, box, cfg.fit_res)[..., :1] > 0.5)[None]
     reporter.preview(model.to_splats(), 0)
     reporter.progress("init", 1, 1, f"{len(model)} Gaussians, {int(visible.sum())} seen by the photo")
     timings["init_s"] = time.perf_counter() - t
 
-    anchors = torch.from_numpy(splats.means.copy())
-    anchor_normals = torch.from_numpy(normals)
-    mirror_idx = torch.from_numpy(cKDTree(splats.means).query(splats.means * np.float32([-1, 1, 1]))[1])
+    anchors0 = torch.from_numpy(splats.means.copy())
+    normals0 = torch.from_numpy(normals)
+    tree0 = cKDTree(splats.means)
+    pairing: dict[str, torch.Tensor] = {}
+    # (with the paper's grey init nothing is coloured yet, so everything is fitted)
+    seen0 = torch.from_numpy(visible if cfg.project_photo_colours else np.ones_like(visible))
+    hooks: list = []
+
+    def pair_up():
+        """Each splat's anchor (its initial splat, or a densified splat's nearest initial one)
+        and its mirror partner; redone whenever densification changes the count.
+
+        Splats the photo does not see keep their initialisation (colour, opacity, size, place):
+        the front view looks at the back of the head through the face while the face is still
+        translucent, and would paint the face onto it, or shrink it open (a ghost face, seen
+        from behind)."""
+        means = model.means.detach().numpy()
+        pairing["anchor"] = torch.from_numpy(tree0.query(means)[1])
+        pairing["mirror"] = torch.from_numpy(cKDTree(means).query(means * np.float32([-1, 1, 1]))[1])
+        keep = seen0[pairing["anchor"]].float()
+        for p in model.params.values():
+            hooks.append(p.register_hook(lambda g: g * keep.view(-1, *([1] * (g.dim() - 1)))))
 
     def photo_term(out, cams, step):
         pred = torch.where(mask, out.rgb, target)  # only the head's pixels count
         return {"loss_rgb": photometric(pred, target)}
 
     def prior_term(out, cams, step):
-        losses = {}
-        n0 = len(anchors)
-        if len(model) == n0:  # the priors pair splats with their initial ones; densified splats go free
-            c = model.params["sh0"][:, 0, :]
-            losses["loss_symmetry"] = (c - c[mirror_idx]).abs().mean()
-            off = ((model.means - anchors) * anchor_normals).sum(-1) / SURFACE_SIGMA_M
-            losses["loss_surface"] = off.square().mean()
-        return losses
+        if len(pairing.get("anchor", ())) != len(model):
+            pair_up()
+        a = pairing["anchor"]
+        c = model.params["sh0"][:, 0, :]
+        off = ((model.means - anchors0[a]) * normals0[a]).sum(-1) / SURFACE_SIGMA_M
+        return {"loss_symmetry": (c - c[pairing["mirror"]]).abs().mean(), "loss_surface": off.square().mean()}
 
     strategy = None
     if cfg.strategy:
@@ -241,7 +298,11 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
         stage="optimise",
     )
     with _render_threads(cfg.renderer):
-        optimise(model, loop_cfg, lambda step: cam, [photo_term, prior_term], strategy=strategy, reporter=reporter)
+        try:
+            optimise(model, loop_cfg, lambda step: cam, [photo_term, prior_term], strategy=strategy, reporter=reporter)
+        finally:
+            for hook in hooks:
+                hook.remove()
     timings["optimise_s"] = time.perf_counter() - t
 
     with torch.no_grad():
@@ -257,7 +318,7 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
             "template_reprojection_px": float(fit.reprojection_error_px),
         }
     metrics.update({k: round(v, 3) for k, v in timings.items()})
-    return PhotoFit(model, fit, face, cam, metrics)
+    return PhotoFit(model, fit, mesh, face, cam, metrics)
 
 
 def run(

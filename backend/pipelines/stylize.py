@@ -284,13 +284,14 @@ class Face:
     yaw_deg: float
 
 
-def analyse(image: np.ndarray, cfg: StylizePreset, reporter, face=None, fit=None) -> Face:
-    """Landmarks (MediaPipe, shipped) lifted onto the fitted template; ArcFace identity (insightface)."""
+def analyse(image: np.ndarray, cfg: StylizePreset, reporter, face=None, fit=None, mesh=None) -> Face:
+    """Landmarks (MediaPipe, shipped) lifted onto the fitted template (or ``mesh``, the surface the
+    head was built on); ArcFace identity (insightface)."""
     reporter.progress("face", 0, 1, "detecting the face")
     face = face if face is not None else analyse_face(image)
     if fit is None:
         fit = fit_head(face.landmarks2d, (image.shape[1], image.shape[0]), landmarks3d=face.landmarks3d)
-    landmarks = lift_landmarks(fit, face.landmarks2d, face.landmarks3d)
+    landmarks = lift_landmarks(fit, face.landmarks2d, face.landmarks3d, mesh=mesh)
     embedding = None
     if cfg.identity:
         from ..face.identity import analyse_identity
@@ -431,7 +432,7 @@ def _run(
         head = photo.fit_photo_head(image, photo.PRESETS[cfg.photo_preset], seed=seed, reporter=reporter)
         splats = head.model.to_splats()
         extra = {f"photo_{k}": v for k, v in head.metrics.items()}
-        face = analyse(image, cfg, reporter, face=head.face, fit=head.fit)
+        face = analyse(image, cfg, reporter, face=head.face, fit=head.fit, mesh=head.mesh)
     else:
         face = analyse(image, cfg, reporter)
         reporter.progress("init", 0, 1, "placing Gaussians on the head template")

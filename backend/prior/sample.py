@@ -39,15 +39,16 @@ def head_unit(mesh: HeadMesh) -> float:
     return float(hi[2] - lo[2])
 
 
-def sample_surface(mesh: HeadMesh, n: int = INIT_POINTS, rng=None):
-    """Area-uniform random points on the mesh.
+def sample_surface(mesh: HeadMesh, n: int = INIT_POINTS, rng=None, density: np.ndarray | None = None):
+    """Area-uniform random points on the mesh (times ``density`` [F], a relative per-triangle
+    density, where given).
 
     Returns (points [n, 3] float32, normals [n, 3] float32 unit, interpolated from the
     vertex normals, face_ids [n] int64). ``rng``: a numpy Generator or a seed (default 0).
     """
     rng = _rng(rng)
     v = mesh.vertices.astype(np.float64)
-    area = mesh.face_areas()
+    area = mesh.face_areas() if density is None else mesh.face_areas() * density
     fid = rng.choice(len(mesh.faces), size=int(n), p=area / area.sum())
     u = rng.random((int(n), 2))
     flip = u.sum(axis=1) > 1.0
