@@ -369,7 +369,7 @@ def _draw_handler() -> None:
     region = context.region
     if rv3d is None or region is None:
         return
-    if not any(getattr(o, PROP, False) for o in context.scene.objects):
+    if not any(getattr(o, PROP, False) for o in bpy.data.objects):  # also those only instanced
         return  # nothing to draw: skip the depsgraph walk
     instances = enabled_instances(context.evaluated_depsgraph_get())
     if not instances:
