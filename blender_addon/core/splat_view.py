@@ -1,8 +1,8 @@
 """The CPU half of a Gaussian splat viewport draw: per-view order, colour and packing.
 
 bpy-free and gpu-free (numpy only), so it is tested and benchmarked without a GPU; the
-draw handler that uploads :func:`pack_instances` and draws one instanced quad per splat
-lives in the bpy layer.
+draw handler that uploads :func:`pack_instances`' rows and draws one instanced quad per
+splat is ``blender_addon/splat_view.py``.
 
 Per view, a splat renderer needs the splats back to front, each with its view-dependent
 colour. Both change slowly with the view, so:
