@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite, exactly as CI runs it. Sets up .venv (and .venv-blender for the bpy tests).
+# The test suite, exactly as CI runs it. Sets up .venv (and one .venv-blender-<ver> per bpy tested).
 #   scripts/test.sh [extra pytest args...]
 #
 # 1. the house style: ruff (lint + format), mypy (strict where configured), import-linter
