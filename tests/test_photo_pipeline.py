@@ -113,6 +113,30 @@ def test_paper_init_matches_method_a1():
     assert not visible.any()
 
 
+def test_default_init_the_unseen_side_starts_opaque_larger_and_hair_coloured():
+    from backend.face import analyse_face
+    from backend.face.regions import photo_regions, to_lab
+    from backend.prior.fit import fit_head
+
+    img = load_image(PHOTO)
+    face = analyse_face(img)
+    fit = fit_head(face.landmarks2d, (img.shape[1], img.shape[0]), landmarks3d=face.landmarks3d)
+    cfg = photo.PRESETS["default"]
+    regions = photo_regions(img, face.landmarks2d)
+    mesh, scalp = photo.head_surface(fit, face, regions, cfg)
+    s, normals, seen = photo.initial_splats(mesh, fit, img, cfg, np.random.default_rng(0), regions=regions, scalp=scalp)
+    assert 0.3 < seen.mean() < 0.9, seen.mean()
+    np.testing.assert_allclose(s.opacity()[seen], cfg.opacity, atol=1e-6)
+    np.testing.assert_allclose(s.opacity()[~seen], cfg.hidden_opacity, atol=1e-6)
+    away = ~seen & photo.facing_away(s.means, normals, fit)
+    assert away.mean() > 0.12, away.mean()  # the back and far sides (sampled sparser, see density)
+    np.testing.assert_allclose(s.scales()[away] / s.scales()[seen].mean(), cfg.hidden_scale, rtol=1e-5)
+    np.testing.assert_allclose(s.scales()[~away], s.scales()[seen].mean(), rtol=1e-5)
+    back = ~seen & (s.means[:, 1] > 0.06) & (s.means[:, 2] > 0.0)
+    lab = to_lab(s.rgb()[back])
+    assert (regions.hair_model.distance(lab) < regions.skin_model.distance(lab)).mean() > 0.97
+
+
 def test_no_face_is_a_typed_error():
     noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     with pytest.raises(NoFaceError):

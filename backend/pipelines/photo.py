@@ -56,7 +56,8 @@ class PhotoPreset:
     # Ours: splats the photo cannot see get no photometric gradient, so at 0.2 the back of the
     # head stays see-through and shows the face from behind. Start them opaque instead.
     hidden_opacity: float = 0.95
-    # Ours: and larger, so the back of the head is closed (it carries hair colour, not detail)
+    # Ours: and, where the surface faces away from the photo, larger, so the back of the head is
+    # closed (it carries hair colour, not detail)
     hidden_scale: float = 1.6
     # Ours: the face gets this many times the splats per area of the rest of the seen head
     face_density: float = 2.0
@@ -183,10 +184,11 @@ def initial_splats(
         rgb, visible = np.full((n, 3), 0.5, np.float32), np.zeros(n, bool)
     quats = np.zeros((n, 4), np.float32)
     quats[:, 0] = 1.0
-    opacity = np.where(visible | ~preset.project_photo_colours, preset.opacity, preset.hidden_opacity).astype(
-        np.float32
-    )
-    scale = preset.scale * head_unit(mesh) * np.where(visible | ~preset.project_photo_colours, 1.0, preset.hidden_scale)
+    # the photo's own splats start at the paper's opacity and size; the others opaque and larger
+    # (with the paper's grey init, every splat is the paper's)
+    own = visible | (not preset.project_photo_colours)
+    opacity = np.where(own, preset.opacity, preset.hidden_opacity).astype(np.float32)
+    scale = preset.scale * head_unit(mesh) * np.where(own | ~facing_away(pts, normals, fit), 1.0, preset.hidden_scale)
     splats = SplatArrays(
         means=pts,
         quats=quats,
@@ -195,6 +197,14 @@ def initial_splats(
         sh0=rgb_to_sh0(rgb),
     )
     return splats, normals, visible
+
+
+def facing_away(points: np.ndarray, normals: np.ndarray, fit: HeadFit, cos: float = 0.25) -> np.ndarray:
+    """[N] bool: the surface at ``points`` faces away from the photo's camera (the back and the
+    far sides of the head, not the grazing edge of what the photo sees)."""
+    view = np.asarray(points, np.float64) - fit.camera_position
+    view /= np.linalg.norm(view, axis=1, keepdims=True)
+    return np.einsum("ij,ij->i", np.asarray(normals, np.float64), view) > cos
 
 
 @dataclass
@@ -254,15 +264,18 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
     normals0 = torch.from_numpy(normals)
     tree0 = cKDTree(splats.means)
     pairing: dict[str, torch.Tensor] = {}
-    # (with the paper's grey init nothing is coloured yet, so everything is fitted)
-    seen0 = torch.from_numpy(visible if cfg.project_photo_colours else np.ones_like(visible))
+    # (with the paper's grey init nothing is coloured yet, so everything is fitted; splats at the
+    # grazing edge of what the photo sees stay free: the fit places the face's outline with them)
+    frozen = ~visible & facing_away(splats.means, normals, fit) if cfg.project_photo_colours else np.zeros_like(visible)
+    seen0 = torch.from_numpy(~frozen)
     hooks: list = []
 
     def pair_up():
         """Each splat's anchor (its initial splat, or a densified splat's nearest initial one)
         and its mirror partner; redone whenever densification changes the count.
 
-        Splats the photo does not see keep their initialisation (colour, opacity, size, place):
+        Splats the photo does not see, on surfaces facing away from it, keep their
+        initialisation (colour, opacity, size, place):
         the front view looks at the back of the head through the face while the face is still
         translucent, and would paint the face onto it, or shrink it open (a ghost face, seen
         from behind)."""
