@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -173,3 +174,15 @@ def test_the_cli_evaluates_a_head_ply(good_head, astronaut_image, tmp_path, caps
     assert headline["ghost_faces"] == figures["ghost_faces"] == 0
     assert figures["pck"] > 50  # read in the right frame: the face is where the landmarks are
     assert (tmp_path / "eval" / "contact_sheet.png").is_file() and (tmp_path / "eval" / "turntable.mp4").is_file()
+
+
+def test_a_featureless_back_of_the_head_is_not_a_face(astronaut_image):
+    """MediaPipe's mesh graph accepts a uniform dark head seen from behind; a face needs contrast."""
+    from backend.eval.faces import MIN_FACE_CONTRAST, face_contrast
+
+    lm = analyse_face(astronaut_image).landmarks2d
+    assert face_contrast(astronaut_image, lm) > 2 * MIN_FACE_CONTRAST
+    dark = np.full_like(astronaut_image, 255)
+    cv2.ellipse(dark, (256, 200), (120, 150), 0, 0, 360, (20, 16, 14), -1)
+    dark = cv2.GaussianBlur(dark, (0, 0), 3)
+    assert face_contrast(dark, lm) < MIN_FACE_CONTRAST

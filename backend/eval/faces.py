@@ -3,7 +3,9 @@
 Per view:
 
 - MediaPipe's two BlazeFace detectors (``backend.face.detect_faces``), every view;
-- MediaPipe's 478-point mesh on the largest MediaPipe face, every view with a face;
+- MediaPipe's 478-point mesh on the largest MediaPipe face, every view with a face; a mesh
+  whose face oval holds no contrast (luminance s.d. below ``MIN_FACE_CONTRAST``) is dropped:
+  the mesh graph also "lands" on a uniform dark back of the head;
 - dlib's HOG frontal detector, every view (upsampled when the head is rendered small);
 - dlib's 128-D descriptor of the best dlib face, every view where dlib found one.
 
@@ -15,15 +17,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
-from ..face import detect_faces
+from ..face import FACE_OVAL, detect_faces
 from ..face.detect import box_iou
 from ..face.landmarks import mesh_for_box
 from . import dlib_face
 from .orbit import FOV_DEG, RADIUS_M, Orbit
 
 FACE_HEIGHT_M = 0.13  # brow to chin, the template's; sizes the dlib upsampling per view
+# A face has features. Inside the mesh's face oval the luminance s.d. (0-1) measured 0.13-0.24 on
+# real, blurred and ghost faces rendered from our heads, 0.02 on a uniform dark back of the head
+# that MediaPipe's mesh graph still accepted (bench/results/photo_head.md).
+MIN_FACE_CONTRAST = 0.05
+
+
+def face_contrast(image: np.ndarray, landmarks: np.ndarray) -> float:
+    """Luminance standard deviation (0-1) of ``image`` [H, W, 3] uint8 inside the face oval of
+    478 landmarks [478, 2]."""
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    mask = np.zeros(grey.shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(landmarks[FACE_OVAL]).astype(np.int32)], 1)
+    inside = grey[mask.astype(bool)]
+    return float(inside.std()) if inside.size else 0.0
 
 
 @dataclass
@@ -54,7 +71,7 @@ def detect_views(orbit: Orbit) -> list[ViewFaces]:
         lm = None
         if mp:
             pts = mesh_for_box(image, mp[0])
-            lm = None if pts is None else pts[:, :2]
+            lm = None if pts is None or face_contrast(image, pts[:, :2]) < MIN_FACE_CONTRAST else pts[:, :2]
         dl = dlib_face.detect(image, upsample)
         desc = dlib_face.descriptor(image, dl[0][0]) if dl else None
         views.append(ViewFaces(mediapipe=mp, dlib=dl, landmarks=lm, descriptor=desc))

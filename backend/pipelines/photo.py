@@ -109,6 +109,7 @@ PRESETS: dict[str, PhotoPreset] = {
 }
 
 SURFACE_SIGMA_M = 0.005  # the surface prior's length scale
+GRAZING_COS = 0.3  # the photo sees a surface edge-on below this cosine: its pixels there are smeared
 
 
 def _preset(name: str, options: dict | None) -> PhotoPreset:
@@ -179,7 +180,12 @@ def initial_splats(
         if regions is not None:
             scalp_pts = point_weight(mesh, hair_weight(mesh) if scalp is None else scalp, pts)
             uv, _ = fit.project(pts)
-            rgb, _, visible = fill_colours(pts, uv, visible, scalp_pts, image, regions, rng)
+            a = mesh.anchors
+            nape = (pts[:, 1] > 0.5 * (a["left_ear"][1] + a["right_ear"][1])) & (pts[:, 2] < a["left_ear"][2])
+            grazing = facing_away(pts, normals, fit, cos=-GRAZING_COS)  # n . view > -0.3: edge-on
+            rgb, _, visible = fill_colours(
+                pts, uv, visible, scalp_pts, image, regions, rng, grazing=grazing & visible, nape=nape
+            )
     else:
         rgb, visible = np.full((n, 3), 0.5, np.float32), np.zeros(n, bool)
     quats = np.zeros((n, 4), np.float32)

@@ -58,15 +58,23 @@ def fill_colours(
     image: np.ndarray,
     regions: PhotoRegions,
     rng,
+    *,
+    grazing: np.ndarray | None = None,
+    nape: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Colours [N, 3] (RGB in [0, 1]), classes [N] and the photo-coloured points [N] (bool).
 
     ``uv`` are the points' pixels in the photo, ``seen`` whether the photo sees each point
-    (:func:`backend.prior.sample.project_colors`), ``scalp`` the hair weight at each point."""
+    (:func:`backend.prior.sample.project_colors`), ``scalp`` the hair weight at each point.
+    ``grazing`` [N]: seen points the photo sees edge-on; they keep the class of their pixel but
+    take its model's colour (the photo's pixels there are smeared over the surface).
+    ``nape`` [N]: the back of the neck; unseen and not hair, it takes the collar's colour (the
+    clothes model) where the photo shows one, so no skin-coloured band sits under the hair."""
     rng = np.random.default_rng(rng)
     img = np.asarray(image, np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
     cls = pixel_classes(regions, uv)
-    photo = seen & (cls != BACKGROUND)
+    known = seen & (cls != BACKGROUND)
+    photo = known & ~grazing if grazing is not None else known
     rgb = np.zeros((len(points), 3), np.float32)
     rgb[photo] = bilinear(img, uv[photo])
     unseen = np.flatnonzero(~photo)
@@ -76,10 +84,13 @@ def fill_colours(
         src = np.flatnonzero(photo)[i[mirrored]]
         rgb[unseen[mirrored]], cls[unseen[mirrored]] = rgb[src], cls[src]
         unseen = unseen[~mirrored]
-    cls[unseen] = -1
+    free = unseen[~known[unseen]]  # no pixel says what they are
+    cls[free] = -1
     if regions.hair_model is not None:
-        cls[unseen[scalp[unseen] > 0.5]] = HAIR
-    rest = unseen[cls[unseen] < 0]
+        cls[free[scalp[free] > 0.5]] = HAIR
+    if nape is not None and regions.clothes_model is not None:
+        cls[free[nape[free] & (cls[free] < 0)]] = CLOTHES
+    rest = free[cls[free] < 0]
     body = np.flatnonzero(photo & ((cls == SKIN) | (cls == CLOTHES)))
     if len(rest):
         cls[rest] = cls[body[cKDTree(points[body]).query(points[rest])[1]]] if len(body) else SKIN
