@@ -138,7 +138,7 @@ def hair_shell(fit: HeadFit, mesh: HeadMesh, person: np.ndarray, weight: np.ndar
     normals = mesh.vertex_normals().astype(np.float64)
     # out along the normal by as much as scaling about the centre would move the outline; not
     # where the surface faces the front (the photo sees it there: no visor over the forehead)
-    front = _smoothstep(0.2, 0.7, -normals[:, 1])
+    front = _smoothstep(0.0, 0.4, -normals[:, 1])
     amount = weight * (1.0 - front) * (ratio[b] - 1.0) * np.linalg.norm(v - centre3d, axis=1)
     return normals * amount[:, None]
 
