@@ -53,8 +53,10 @@ from .turntable import render_turntable
 class PhotoPreset:
     n_points: int = 10_000  # METHOD A.1: N = 10,000 on the head surface
     opacity: float = INIT_OPACITY  # METHOD A.1: 0.2
-    # Ours: splats the photo cannot see get no photometric gradient, so at 0.2 the back of the
-    # head stays see-through and shows the face from behind. Start them opaque instead.
+    # Ours: splats the photo cannot see are not fitted (they face away from it) or barely (edge
+    # on), so at 0.2 the back of the head stays see-through and shows the face from behind.
+    # Start them opaque instead. (Until issue #17 a `~True` (-2) in the mask made every splat
+    # start at 0.2, so this never took effect.)
     hidden_opacity: float = 0.95
     # Ours: and, where the surface faces away from the photo, larger, so the back of the head is
     # closed (it carries hair colour, not detail)
