@@ -229,7 +229,7 @@ class Worker:
                 raise CancelledError("The job was cancelled.")
             splats = result.splats.astype("float32")
             splats.check_finite()
-            metrics = _json_metrics(result.metrics)
+            metrics = json_metrics(result.metrics)
             if result.turntable:  # into the job's output folder, which the job store owns
                 from backend.pipelines.outputs import write_turntable
 
@@ -339,7 +339,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def _json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+def json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Only finite numbers, strings and bools survive (the wire refuses NaN)."""
     out: dict[str, Any] = {}
     for key, value in (metrics or {}).items():

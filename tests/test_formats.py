@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 import pytest
+from formats_support import random_splats
 
 from blender_addon.core import formats as F
 from blender_addon.core.formats import dotsplat, gltf, spz
@@ -18,19 +19,7 @@ from blender_addon.core.splat_arrays import SH_C0, SplatArrays
 
 
 def _splats(n=400, k=15, seed=0) -> SplatArrays:
-    """Values inside what every format can hold (SPZ's log-scale and SH ranges, colours in [0, 1])."""
-    r = np.random.default_rng(seed)
-    q = r.normal(size=(n, 4)).astype(np.float32)
-    return SplatArrays(
-        r.uniform(-0.3, 0.3, (n, 3)).astype(np.float32),
-        q / np.linalg.norm(q, axis=1, keepdims=True),
-        r.uniform(-8.0, -1.0, (n, 3)).astype(np.float32),
-        r.uniform(-5.0, 5.0, n).astype(np.float32),
-        ((r.uniform(0.02, 0.98, (n, 3)) - 0.5) / SH_C0).astype(np.float32),
-        # SPZ clips SH to [-1, 1) in its own (RUB) axes: keep every band's norm below 1 so
-        # the turn from the head frame cannot push a coefficient out of range
-        r.uniform(-0.35, 0.35, (n, k, 3)).astype(np.float32) if k else None,
-    )
+    return random_splats(n, k, seed)
 
 
 def _rot_err(a: SplatArrays, b: SplatArrays) -> np.ndarray:

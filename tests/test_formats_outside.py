@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from formats_support import random_splats
 
 from blender_addon.core.formats import _common, dotsplat, gltf, spz
 from blender_addon.core.frames import HEAD_TO_PLY
@@ -60,16 +61,7 @@ def _run(*args: str | Path) -> None:
 
 
 def _splats(n=300, k=15, seed=5) -> SplatArrays:
-    r = np.random.default_rng(seed)
-    q = r.normal(size=(n, 4)).astype(np.float32)
-    return SplatArrays(
-        r.uniform(-0.3, 0.3, (n, 3)).astype(np.float32),
-        q / np.linalg.norm(q, axis=1, keepdims=True),
-        r.uniform(-8.0, -1.0, (n, 3)).astype(np.float32),
-        r.uniform(-5.0, 5.0, n).astype(np.float32),
-        ((r.uniform(0.02, 0.98, (n, 3)) - 0.5) / SH_C0).astype(np.float32),
-        r.uniform(-0.35, 0.35, (n, k, 3)).astype(np.float32) if k else None,
-    )
+    return random_splats(n, k, seed)
 
 
 def _rot_err(a: SplatArrays, b: SplatArrays) -> float:

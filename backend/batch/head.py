@@ -11,7 +11,6 @@ retried; anything else (a bug, out of memory) comes back ``retryable``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import socket
@@ -94,7 +93,7 @@ def _make(spec: HeadSpec, photo: bytes, settings: EvalSettings, ply_frame: str, 
     from backend.errors import PipelineUnavailableError, PortraitSplatError
     from backend.image_io import load_image
     from backend.pipelines.outputs import write_outputs
-    from backend.worker import load_pipelines
+    from backend.worker import json_metrics, load_pipelines
 
     pipelines, unavailable = load_pipelines([spec.pipeline])
     if spec.pipeline not in pipelines:
@@ -113,7 +112,7 @@ def _make(spec: HeadSpec, photo: bytes, settings: EvalSettings, ply_frame: str, 
         image, preset=spec.preset, seed=spec.seed, options=options, reporter=None, model_cache=_model_cache()
     )
     write_outputs(out, result, ply_frame=ply_frame)
-    metrics: dict[str, Any] = _finite(dict(result.metrics))
+    metrics: dict[str, Any] = json_metrics(dict(result.metrics))
     metrics["generate_s"] = round(time.perf_counter() - t0, 2)
     if evaluate and result.evaluable:
         from backend.eval import evaluate_splats
@@ -145,21 +144,6 @@ def _model_cache() -> Any:
 
         _CACHE = ModelCache()
     return _CACHE
-
-
-def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, (bool, str)) or value is None:
-            out[str(key)] = value
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number):
-            out[str(key)] = int(number) if isinstance(value, int) else number
-    return out
 
 
 def _mark_started(name: str) -> None:

@@ -13,10 +13,10 @@ import csv
 import html
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ..jobs import atomic_write_bytes
 from .run import BatchReport, HeadStatus
 
 BASE_COLUMNS = [
@@ -96,16 +96,10 @@ def write_summary(report: BatchReport) -> tuple[Path, Path]:
     writer.writeheader()
     writer.writerows(table)
     csv_path = report.out / "summary.csv"
-    _atomic(csv_path, buf.getvalue())
+    atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8"))
     html_path = report.out / "index.html"
-    _atomic(html_path, render_html(report, columns, table))
+    atomic_write_bytes(html_path, render_html(report, columns, table).encode("utf-8"))
     return csv_path, html_path
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def render_html(report: BatchReport, columns: list[str], table: list[dict[str, Any]]) -> str:
