@@ -217,3 +217,33 @@ def test_regions_of_a_real_portrait():
     assert r.hair_model is not None
     hair_l, skin_l = to_lab(r.hair_model.rgb)[0], to_lab(r.skin_model.rgb)[0]
     assert hair_l < skin_l
+
+
+def test_lifted_landmark_that_grazes_the_chin_keeps_its_depth_not_the_necks():
+    """A landmark just under the template's chin: its pixel ray passes the chin and hits the
+    neck far behind; MediaPipe's depth says it is on the chin, and the lift believes that."""
+    from backend.prior.lift import lift_landmarks
+    from backend.prior.template import ray_mesh_hits
+
+    head = build_head()
+    v = head.vertices.astype(np.float64)
+    fit = _fit()
+    marks = np.random.default_rng(2).choice(np.flatnonzero(head.face_mask), 200, replace=False)
+    chin = np.asarray(head.anchors["chin"], np.float64)
+    under = chin + np.array([0.0, -0.004, -0.006])  # in front of and below the template's chin
+    points = np.vstack([v[marks], under])
+    uv, lm3 = _landmarks_of(fit, points)
+    R, t = fit.world_to_camera[:3, :3], fit.world_to_camera[:3, 3]
+    origin = -R.T @ t
+    ray = np.array([(uv[-1, 0] - fit.cx) / fit.fx, (uv[-1, 1] - fit.cy) / fit.fy, 1.0]) @ R
+    (neck_t,) = ray_mesh_hits(origin[None], ray[None], head.vertices, head.faces)
+    _, true_depth = fit.project(under[None])
+    assert neck_t - true_depth[0] > 0.02, (neck_t, true_depth)  # the plain ray hit is the neck behind
+    lifted = lift_landmarks(fit, uv, lm3, mesh=head)
+    assert np.linalg.norm(lifted[-1] - under) < 0.003, (lifted[-1], under)
+    # the landmarks the camera sees on the surface stay where they are
+    _, depth = fit.project(points[:-1])
+    rays = np.column_stack([(uv[:-1, 0] - fit.cx) / fit.fx, (uv[:-1, 1] - fit.cy) / fit.fy, np.ones(len(uv) - 1)]) @ R
+    seen = np.abs(ray_mesh_hits(np.broadcast_to(origin, rays.shape), rays, head.vertices, head.faces) - depth) < 1e-3
+    assert seen.mean() > 0.8
+    assert np.abs(lifted[:-1][seen] - points[:-1][seen]).max() < 1e-3

@@ -123,9 +123,17 @@ def test_default_init_the_unseen_side_starts_opaque_larger_and_hair_coloured():
     fit = fit_head(face.landmarks2d, (img.shape[1], img.shape[0]), landmarks3d=face.landmarks3d)
     cfg = photo.PRESETS["default"]
     regions = photo_regions(img, face.landmarks2d)
-    mesh, scalp = photo.head_surface(fit, face, regions, cfg)
-    s, normals, seen = photo.initial_splats(mesh, fit, img, cfg, np.random.default_rng(0), regions=regions, scalp=scalp)
+    mesh, scalp, unit = photo.head_surface(fit, face, regions, cfg)
+    s, normals, seen = photo.initial_splats(
+        mesh, fit, img, cfg, np.random.default_rng(0), regions=regions, scalp=scalp, unit=unit
+    )
     assert 0.3 < seen.mean() < 0.9, seen.mean()
+    # the splats' size is a fraction of the skull's height, not of the hair volume's (which
+    # raises the crown by several cm)
+    from backend.prior.sample import head_unit
+
+    assert head_unit(mesh) > 1.05 * unit, (head_unit(mesh), unit)
+    np.testing.assert_allclose(s.scales()[seen], cfg.scale * unit, rtol=1e-5)
     np.testing.assert_allclose(s.opacity()[seen], cfg.opacity, atol=1e-6)
     np.testing.assert_allclose(s.opacity()[~seen], cfg.hidden_opacity, atol=1e-6)
     away = ~seen & photo.facing_away(s.means, normals, fit)
@@ -180,3 +188,20 @@ def test_cli_writes_ply_and_turntable_and_reports_bad_input(tmp_path):
     done = subprocess.run(cmd[:4] + [str(bad)] + cmd[5:], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 1
     assert "error [bad_image]" in done.stderr and "hint:" in done.stderr
+
+
+def test_the_face_crop_view_sharpens_the_face():
+    """With the hair volume, the head crop gives a small face few pixels; fitting a crop around
+    the landmarks on half the steps makes the face (measured as eval does: the photo's camera
+    on the face, inside the face oval) closer to the photo."""
+    from backend.eval.fidelity import fidelity_metrics, render_front
+    from backend.eval.reference import analyse_photo
+
+    img = load_image(PHOTO)
+    ref = analyse_photo(img)
+    psnr = {}
+    for share in (0.0, 0.5):
+        options = {"face_steps": share, "steps": 80, "fit_res": 128, "n_points": 4000}
+        head = photo.fit_photo_head(img, photo._preset("preview", options), seed=0)
+        psnr[share] = fidelity_metrics(render_front(head.model.to_splats(), ref), ref)["front_psnr_db"]
+    assert psnr[0.5] > psnr[0.0] + 0.5, psnr

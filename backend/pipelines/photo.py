@@ -69,6 +69,11 @@ class PhotoPreset:
     # photo's outline, and unseen points coloured from the photo's hair/skin/clothes colours
     shape_from_landmarks: bool = True
     hair_volume: bool = True
+    # Ours: every other step fits the face alone, a crop around the landmarks at fit_res: the
+    # hair volume widens the head crop until the face gets ~150 of its 256 px, under the photo's
+    # own resolution on a small face (bench/results/photo_head: -1.9 dB inside the face)
+    face_steps: float = 0.5  # the share of the steps that see the face crop (0: none)
+    face_pad: float = 0.2  # the face crop's margin, as crop_camera's pad
     # Ours, sized to the demo's <= 60 s on 2 CPU cores with the tile rasteriser (issue #16,
     # bench/results/cpu_raster.md): 150 steps at 128 px before it, with the torch reference.
     steps: int = 250
@@ -97,7 +102,11 @@ PRESETS: dict[str, PhotoPreset] = {
     ),
     "default": PhotoPreset(),
     "paper_init": PhotoPreset(  # METHOD A.1 exactly: grey splats on the (undeformed) template
-        project_photo_colours=False, hidden_opacity=INIT_OPACITY, shape_from_landmarks=False, hair_volume=False
+        project_photo_colours=False,
+        hidden_opacity=INIT_OPACITY,
+        shape_from_landmarks=False,
+        hair_volume=False,
+        face_steps=0.0,
     ),
     "quality": PhotoPreset(
         n_points=20_000,
@@ -124,7 +133,13 @@ def head_crop_camera(fit, mesh, res: int, pad: float = 0.12) -> tuple[Cameras, t
     Returns the camera and the crop box (x0, y0, side) in photo pixels.
     """
     uv, _ = fit.project(mesh.vertices)
-    lo, hi = uv.min(0), uv.max(0)
+    return crop_camera(fit, uv, res, pad)
+
+
+def crop_camera(fit, points_px: np.ndarray, res: int, pad: float) -> tuple[Cameras, tuple[int, int, int]]:
+    """The photo's camera restricted to the square around ``points_px`` [N, 2] (photo pixels),
+    its side the points' longer extent times 1 + 2 ``pad``, at ``res`` px; and the crop box."""
+    lo, hi = points_px.min(0), points_px.max(0)
     centre = (lo + hi) / 2
     side = int(np.ceil((hi - lo).max() * (1 + 2 * pad)))
     x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
@@ -146,26 +161,40 @@ def crop_resize(image: np.ndarray, box: tuple[int, int, int], res: int) -> np.nd
     return np.asarray(Image.fromarray(crop).resize((res, res), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
 
 
-def head_surface(fit: HeadFit, face, regions: PhotoRegions | None, cfg: PhotoPreset) -> tuple[HeadMesh, np.ndarray]:
-    """The fitted template, reshaped to the landmarks and given hair as ``cfg`` says, and its
-    per-vertex scalp weight (:func:`backend.prior.hair.hair_weight`)."""
+def head_surface(
+    fit: HeadFit, face, regions: PhotoRegions | None, cfg: PhotoPreset
+) -> tuple[HeadMesh, np.ndarray, float]:
+    """The fitted template, reshaped to the landmarks and given hair as ``cfg`` says, its
+    per-vertex scalp weight (:func:`backend.prior.hair.hair_weight`), and the head's unit
+    (:func:`backend.prior.sample.head_unit`) measured before the hair: the hair volume raises the
+    crown, and must not make every splat larger."""
     mesh = fit.mesh()
     if cfg.shape_from_landmarks:
         mesh, _ = deform_to_landmarks(fit, mesh, face.landmarks2d, face.landmarks3d)
     scalp = hair_weight(mesh)
+    unit = head_unit(mesh)
     if cfg.hair_volume and regions is not None:
         mesh = moved(mesh, hair_shell(fit, mesh, regions.person, scalp))
-    return mesh, scalp
+    return mesh, scalp, unit
 
 
 def initial_splats(
-    mesh, fit, image, preset: PhotoPreset, rng, *, regions: PhotoRegions | None = None, scalp: np.ndarray | None = None
+    mesh,
+    fit,
+    image,
+    preset: PhotoPreset,
+    rng,
+    *,
+    regions: PhotoRegions | None = None,
+    scalp: np.ndarray | None = None,
+    unit: float | None = None,
 ) -> tuple[SplatArrays, np.ndarray, np.ndarray]:
     """Splats on ``mesh``, their normals, and which ones take the photo's colour.
 
     With ``regions`` (and ``scalp``, the per-vertex hair weight), points the photo does not
     see get the photo's hair / skin / clothes colours (:func:`backend.prior.colours.fill_colours`);
-    without, they stay the projection's grey."""
+    without, they stay the projection's grey. ``unit``: the head's size that the preset's scale
+    is a fraction of (default: ``mesh``'s own, :func:`backend.prior.sample.head_unit`)."""
     density = None
     if regions is not None and preset.project_photo_colours:
         # as many splats per unit of coverage where the photo sees the head as elsewhere (the
@@ -196,7 +225,11 @@ def initial_splats(
     # (with the paper's grey init, every splat is the paper's)
     own = visible | (not preset.project_photo_colours)
     opacity = np.where(own, preset.opacity, preset.hidden_opacity).astype(np.float32)
-    scale = preset.scale * head_unit(mesh) * np.where(own | ~facing_away(pts, normals, fit), 1.0, preset.hidden_scale)
+    scale = (
+        preset.scale
+        * (head_unit(mesh) if unit is None else unit)
+        * np.where(own | ~facing_away(pts, normals, fit), 1.0, preset.hidden_scale)
+    )
     splats = SplatArrays(
         means=pts,
         quats=quats,
@@ -251,19 +284,17 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
     reporter.progress("face", 1, 1, f"{face.n_faces} face(s), yaw {face.yaw_pitch_roll[0]:.0f} deg")
     fit = fit_head(face.landmarks2d, (image.shape[1], image.shape[0]), landmarks3d=face.landmarks3d)
     regions = photo_regions(image, face.landmarks2d, seed=seed) if cfg.project_photo_colours else None
-    mesh, scalp = head_surface(fit, face, regions, cfg)
+    mesh, scalp, unit = head_surface(fit, face, regions, cfg)
     timings["face_and_template_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     reporter.progress("init", 0, 1, "placing Gaussians on the head template")
-    splats, normals, visible = initial_splats(mesh, fit, image, cfg, rng, regions=regions, scalp=scalp)
-    cam, box = head_crop_camera(fit, mesh, cfg.fit_res)
-    target = torch.from_numpy(crop_resize(image, box, cfg.fit_res))[None]  # [1, R, R, 3]
+    splats, normals, visible = initial_splats(mesh, fit, image, cfg, rng, regions=regions, scalp=scalp, unit=unit)
     model = GaussianModel.from_splats(splats, cfg.lr_preset, total_steps=cfg.steps)
-    mask = _silhouette(model, cam)  # [1, R, R, 1] where the template covers the crop
-    if regions is not None:  # ... and the photo shows the person, not the background
-        person = np.repeat(regions.person[..., None].astype(np.uint8) * 255, 3, axis=2)
-        mask &= torch.from_numpy(crop_resize(person, box, cfg.fit_res)[..., :1] > 0.5)[None]
+    views = [_photo_view(model, *head_crop_camera(fit, mesh, cfg.fit_res), image, regions, cfg.fit_res)]
+    if cfg.face_steps > 0:
+        face_cam = crop_camera(fit, face.landmarks2d[:, :2], cfg.fit_res, cfg.face_pad)
+        views.append(_photo_view(model, *face_cam, image, regions, cfg.fit_res))
     reporter.preview(model.to_splats(), 0)
     reporter.progress("init", 1, 1, f"{len(model)} Gaussians, {int(visible.sum())} seen by the photo")
     timings["init_s"] = time.perf_counter() - t
@@ -294,9 +325,14 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
         for p in model.params.values():
             hooks.append(p.register_hook(lambda g: g * keep.view(-1, *([1] * (g.dim() - 1)))))
 
+    def view_at(step: int) -> _PhotoView:  # the face crop on a face_steps share of the steps
+        on_face = int((step + 1) * cfg.face_steps) > int(step * cfg.face_steps)
+        return views[-1] if on_face else views[0]
+
     def photo_term(out, cams, step):
-        pred = torch.where(mask, out.rgb, target)  # only the head's pixels count
-        return {"loss_rgb": photometric(pred, target)}
+        view = view_at(step)
+        pred = torch.where(view.mask, out.rgb, view.target)  # only the head's pixels count
+        return {"loss_rgb": photometric(pred, view.target)}
 
     def prior_term(out, cams, step):
         if len(pairing.get("anchor", ())) != len(model):
@@ -320,12 +356,20 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
     )
     with _render_threads(cfg.renderer):
         try:
-            optimise(model, loop_cfg, lambda step: cam, [photo_term, prior_term], strategy=strategy, reporter=reporter)
+            optimise(
+                model,
+                loop_cfg,
+                lambda step: view_at(step).camera,
+                [photo_term, prior_term],
+                strategy=strategy,
+                reporter=reporter,
+            )
         finally:
             for hook in hooks:
                 hook.remove()
     timings["optimise_s"] = time.perf_counter() - t
 
+    cam, target, mask = views[0].camera, views[0].target, views[0].mask
     with torch.no_grad():
         front = render_model(model, cam, background=torch.ones(3)).rgb
         pred = torch.where(mask, front, target)
@@ -371,6 +415,26 @@ def run(
     result = head.model.to_splats()
     result.check_finite()
     return RunResult(splats=result, turntable=frames, metrics=head.metrics)
+
+
+@dataclass
+class _PhotoView:
+    """One view the fit sees: the photo's camera on a crop, the photo cut to it, and the
+    pixels that count (the template covers them and the photo shows the person there)."""
+
+    camera: Cameras
+    target: torch.Tensor  # [1, R, R, 3]
+    mask: torch.Tensor  # [1, R, R, 1] bool
+
+
+def _photo_view(model, cam: Cameras, box, image: np.ndarray, regions: PhotoRegions | None, res: int) -> _PhotoView:
+    """The view of the photo through ``cam`` (crop ``box`` of the photo, ``res`` px)."""
+    target = torch.from_numpy(crop_resize(image, box, res))[None]
+    mask = _silhouette(model, cam)
+    if regions is not None:
+        person = np.repeat(regions.person[..., None].astype(np.uint8) * 255, 3, axis=2)
+        mask &= torch.from_numpy(crop_resize(person, box, res)[..., :1] > 0.5)[None]
+    return _PhotoView(cam, target, mask)
 
 
 def _silhouette(model: GaussianModel, cam: Cameras) -> torch.Tensor:

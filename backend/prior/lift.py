@@ -6,9 +6,11 @@ template (:func:`backend.prior.fit_head`) gives the surface they lie on:
 
 - each landmark's pixel is back-projected from the photo's camera and the ray is intersected
   with the template mesh (the nearest hit);
-- a ray that misses (face-oval points on the silhouette) keeps MediaPipe's own relative
-  depth: camera depth = the mean hit depth + (z - mean z of the hit landmarks) * depth / fx,
-  MediaPipe's z being in pixels like x.
+- a ray that misses (face-oval points on the silhouette), or hits the template more than
+  ``BEHIND_M`` from where MediaPipe's own relative depth puts it (it grazed the chin and hit
+  the neck behind), takes that depth: camera depth = z * depth / fx (MediaPipe's z is in
+  pixels like x) plus the median offset that puts the hits on it, as in
+  :mod:`backend.prior.deform`.
 
 Usage::
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .deform import BEHIND_M
 from .fit import HeadFit
 from .template import HeadMesh, ray_mesh_hits
 
@@ -37,9 +40,12 @@ def lift_landmarks(
     hit_t = ray_mesh_hits(np.broadcast_to(origin, dirs.shape), dirs, mesh.vertices, mesh.faces)
     depth = hit_t.copy()  # along a unit-depth direction, the distance IS the camera depth
     hit = np.isfinite(depth)
-    if not hit.all():
-        z = np.asarray(landmarks3d, np.float64)[:, 2] if landmarks3d is not None else np.zeros(len(uv))
-        base = float(depth[hit].mean()) if hit.any() else float(np.linalg.norm(t))
-        z0 = float(z[hit].mean()) if hit.any() else float(z.mean())
-        depth[~hit] = base + (z[~hit] - z0) * base / fit.fx
+    base = float(depth[hit].mean()) if hit.any() else float(np.linalg.norm(t))
+    z = np.zeros(len(uv)) if landmarks3d is None else np.asarray(landmarks3d, np.float64)[:, 2] * base / fit.fx
+    predicted = (float(np.median(depth[hit] - z[hit])) if hit.any() else base - float(z.mean())) + z
+    if landmarks3d is not None:
+        # a ray that hits the template far from MediaPipe's depth grazed the chin or a cheek and
+        # hit the neck or an ear behind it
+        hit &= np.abs(np.where(hit, depth, 0.0) - predicted) < BEHIND_M
+    depth[~hit] = predicted[~hit]
     return (origin + dirs * depth[:, None]).astype(np.float32)
