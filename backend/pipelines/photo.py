@@ -7,8 +7,10 @@
           -> 10k Gaussians on that surface, coloured from the photo where it sees them and
              from the photo's hair / skin / clothes colours elsewhere (backend.prior.colours)
           -> photometric fit (L1 + SSIM) from the photo's own camera, on the person's pixels,
-             + priors for what the photo cannot see (symmetry, stay near the surface), kept
-             for the whole fit (densified splats inherit their parent's anchor)
+             alternating a crop of the whole head and a crop of the face (its detail at the
+             resolution it is looked at), + priors for what the photo cannot see (symmetry,
+             stay near the surface), kept for the whole fit (densified splats inherit their
+             parent's anchor)
           -> head.ply + a turntable rendered with our renderer
 
 It is Instax3D's construction stage (METHOD B.2) with one real view instead of 21 generated
@@ -75,8 +77,9 @@ class PhotoPreset:
     face_steps: float = 0.5  # the share of the steps that see the face crop (0: none)
     face_pad: float = 0.2  # the face crop's margin, as crop_camera's pad
     # Ours, sized to the demo's <= 60 s on 2 CPU cores with the tile rasteriser (issue #16,
-    # bench/results/cpu_raster.md): 150 steps at 128 px before it, with the torch reference.
-    steps: int = 250
+    # bench/results/cpu_raster.md): 150 steps at 128 px before it, with the torch reference;
+    # 300 since the face crop (issue #17: 56 s on a quiet machine)
+    steps: int = 300
     fit_res: int = 256  # px, square crop around the head
     lr_preset: str = "photo"
     strategy: str | None = None  # None, "default", "absgrad" or "surface"
