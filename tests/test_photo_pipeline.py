@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -201,7 +202,7 @@ def test_the_face_crop_view_sharpens_the_face():
     ref = analyse_photo(img)
     psnr = {}
     for share in (0.0, 0.5):
-        options = {"face_steps": share, "steps": 80, "fit_res": 128, "n_points": 4000}
-        head = photo.fit_photo_head(img, photo._preset("preview", options), seed=0)
+        cfg = replace(photo.PRESETS["preview"], face_steps=share, steps=80, fit_res=128, n_points=4000)
+        head = photo.fit_photo_head(img, cfg, seed=0)
         psnr[share] = fidelity_metrics(render_front(head.model.to_splats(), ref), ref)["front_psnr_db"]
     assert psnr[0.5] > psnr[0.0] + 0.5, psnr

@@ -71,9 +71,9 @@ class PhotoPreset:
     # photo's outline, and unseen points coloured from the photo's hair/skin/clothes colours
     shape_from_landmarks: bool = True
     hair_volume: bool = True
-    # Ours: every other step fits the face alone, a crop around the landmarks at fit_res: the
-    # hair volume widens the head crop until the face gets ~150 of its 256 px, under the photo's
-    # own resolution on a small face (bench/results/photo_head: -1.9 dB inside the face)
+    # Ours: a share of the steps fits the face alone, a crop around the landmarks at fit_res:
+    # the hair volume widens the head crop until the face gets ~150 of its 256 px, under the
+    # photo's own resolution on a small face (bench/results/photo_head: -1.9 dB inside the face)
     face_steps: float = 0.5  # the share of the steps that see the face crop (0: none)
     face_pad: float = 0.2  # the face crop's margin, as crop_camera's pad
     # Ours, sized to the demo's <= 60 s on 2 CPU cores with the tile rasteriser (issue #16,
