@@ -247,3 +247,21 @@ def test_lifted_landmark_that_grazes_the_chin_keeps_its_depth_not_the_necks():
     seen = np.abs(ray_mesh_hits(np.broadcast_to(origin, rays.shape), rays, head.vertices, head.faces) - depth) < 1e-3
     assert seen.mean() > 0.8
     assert np.abs(lifted[:-1][seen] - points[:-1][seen]).max() < 1e-3
+
+
+def test_person_core_drops_the_mask_edge_outside_the_face_only():
+    """The fit's pixels: the person mask less a ring at its edge, where the segmentation runs
+    into the background, except on the face (its outline is the face's own)."""
+    from backend.face.regions import PhotoRegions
+    from backend.pipelines.photo import person_core
+
+    ys, xs = np.mgrid[0:400, 0:400]
+    person = (xs - 200) ** 2 + (ys - 200) ** 2 < 150**2
+    face = person & (xs > 250)  # the face reaches the person's outline on the right
+    regions = PhotoRegions(person, face, face, np.zeros_like(person), np.zeros_like(person), None, None, None)
+    landmarks = np.array([[200.0, 100.0], [200.0, 300.0]])  # a face 200 px high: a 3 px ring at 0.015
+    core = person_core(regions, landmarks, 0.015)
+    assert core.sum() < person.sum() and not (core & ~person).any()
+    assert person[200, 52] and not core[200, 52] and core[200, 56]  # the left edge's ring is gone
+    assert core[200, 349]  # the face's own edge stays
+    np.testing.assert_array_equal(person_core(regions, landmarks, 0.0), person)

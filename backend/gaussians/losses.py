@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -46,3 +47,11 @@ def photometric(a: torch.Tensor, b: torch.Tensor, ssim_weight: float = 0.2) -> t
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.detach().float() - b.detach().float()) ** 2).clamp(min=1e-12)
     return float(10.0 * torch.log10(1.0 / mse))
+
+
+def shape_penalty(log_scales: torch.Tensor, max_ratio: float, max_scale: float) -> torch.Tensor:
+    """[N] per-splat penalty, in log units, on a longest axis over ``max_ratio`` x the shortest
+    or over ``max_scale`` (metres): 0 inside the bounds. ``log_scales`` [N, 3]."""
+    longest = log_scales.max(-1).values
+    ratio = longest - log_scales.min(-1).values - math.log(max_ratio)
+    return torch.relu(ratio) + torch.relu(longest - math.log(max_scale))

@@ -19,10 +19,12 @@ ones, so it optionally densifies with absolute gradients.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -34,7 +36,7 @@ from ..face import analyse_face
 from ..face.regions import PhotoRegions, photo_regions
 from ..gaussians.cameras import Cameras
 from ..gaussians.loop import LoopConfig, optimise, render_model
-from ..gaussians.losses import photometric, psnr, ssim
+from ..gaussians.losses import photometric, psnr, shape_penalty, ssim
 from ..gaussians.model import GaussianModel
 from ..gaussians.raster_cpu import torch_single_threaded
 from ..gaussians.render import resolve_backend, use_backend
@@ -76,6 +78,10 @@ class PhotoPreset:
     # photo's own resolution on a small face (bench/results/photo_head: -1.9 dB inside the face)
     face_steps: float = 0.5  # the share of the steps that see the face crop (0: none)
     face_pad: float = 0.2  # the face crop's margin, as crop_camera's pad
+    # Ours: outside the face, the person mask's edge, this fraction of the face's height wide,
+    # does not count in the fit: the segmentation runs a few pixels into the background there,
+    # and the splats the photo sees edge-on at the head's outline would take its colours
+    person_margin: float = 0.015
     # Ours, sized to the demo's <= 60 s on 2 CPU cores with the tile rasteriser (issue #16,
     # bench/results/cpu_raster.md): 150 steps at 128 px before it, with the torch reference;
     # 300 since the face crop (issue #17: 56 s on a quiet machine)
@@ -89,6 +95,10 @@ class PhotoPreset:
             "loss_rgb": 1.0,  # (1 - 0.2) L1 + 0.2 (1 - SSIM) inside the template silhouette
             "loss_symmetry": 0.2,  # L1 between each splat's colour and its mirror partner's
             "loss_surface": 1.0,  # squared offset along the template normal, in units of 5 mm
+            # Ours: splats longer than SHAPE_MAX_RATIO x their width or SHAPE_MAX_M, in log units:
+            # the photo stretches splats along the outline's wisps, and every other view sees
+            # them as needles
+            "loss_shape": 1.0,
         }
     )
     preview_every: int = 25
@@ -123,6 +133,8 @@ PRESETS: dict[str, PhotoPreset] = {
 }
 
 SURFACE_SIGMA_M = 0.005  # the surface prior's length scale
+SHAPE_MAX_RATIO = 5.0  # the shape prior's longest / shortest axis
+SHAPE_MAX_M = 0.015  # the shape prior's longest axis (std-dev), 3x a seen splat's initial size
 GRAZING_COS = 0.3  # the photo sees a surface edge-on below this cosine: its pixels there are smeared
 
 
@@ -294,10 +306,11 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
     reporter.progress("init", 0, 1, "placing Gaussians on the head template")
     splats, normals, visible = initial_splats(mesh, fit, image, cfg, rng, regions=regions, scalp=scalp, unit=unit)
     model = GaussianModel.from_splats(splats, cfg.lr_preset, total_steps=cfg.steps)
-    views = [_photo_view(model, *head_crop_camera(fit, mesh, cfg.fit_res), image, regions, cfg.fit_res)]
+    person = None if regions is None else person_core(regions, face.landmarks2d, cfg.person_margin)
+    views = [_photo_view(model, *head_crop_camera(fit, mesh, cfg.fit_res), image, person, cfg.fit_res)]
     if cfg.face_steps > 0:
         face_cam = crop_camera(fit, face.landmarks2d[:, :2], cfg.fit_res, cfg.face_pad)
-        views.append(_photo_view(model, *face_cam, image, regions, cfg.fit_res))
+        views.append(_photo_view(model, *face_cam, image, person, cfg.fit_res))
     reporter.preview(model.to_splats(), 0)
     reporter.progress("init", 1, 1, f"{len(model)} Gaussians, {int(visible.sum())} seen by the photo")
     timings["init_s"] = time.perf_counter() - t
@@ -310,6 +323,9 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
     # grazing edge of what the photo sees stay free: the fit places the face's outline with them)
     frozen = ~visible & facing_away(splats.means, normals, fit) if cfg.project_photo_colours else np.zeros_like(visible)
     seen0 = torch.from_numpy(~frozen)
+    # the shape prior's elongation bound holds the splats off the face (hair, outline, neck): the
+    # face's own may be as thin as a wrinkle or an eyelid
+    off_face0 = torch.from_numpy(point_weight(mesh, mesh.face_mask.astype(np.float64), splats.means) < 0.5)
     hooks: list = []
 
     def pair_up():
@@ -343,7 +359,15 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
         a = pairing["anchor"]
         c = model.params["sh0"][:, 0, :]
         off = ((model.means - anchors0[a]) * normals0[a]).sum(-1) / SURFACE_SIGMA_M
-        return {"loss_symmetry": (c - c[pairing["mirror"]]).abs().mean(), "loss_surface": off.square().mean()}
+        log_s = model.params["scales"]
+        shape = (
+            shape_penalty(log_s, math.inf, SHAPE_MAX_M) + shape_penalty(log_s, SHAPE_MAX_RATIO, math.inf) * off_face0[a]
+        )
+        return {
+            "loss_symmetry": (c - c[pairing["mirror"]]).abs().mean(),
+            "loss_surface": off.square().mean(),
+            "loss_shape": shape.mean(),
+        }
 
     strategy = None
     if cfg.strategy:
@@ -430,14 +454,24 @@ class _PhotoView:
     mask: torch.Tensor  # [1, R, R, 1] bool
 
 
-def _photo_view(model, cam: Cameras, box, image: np.ndarray, regions: PhotoRegions | None, res: int) -> _PhotoView:
-    """The view of the photo through ``cam`` (crop ``box`` of the photo, ``res`` px)."""
+def _photo_view(model, cam: Cameras, box, image: np.ndarray, person: np.ndarray | None, res: int) -> _PhotoView:
+    """The view of the photo through ``cam`` (crop ``box`` of the photo, ``res`` px); with
+    ``person`` ([H, W] bool), only its pixels count."""
     target = torch.from_numpy(crop_resize(image, box, res))[None]
     mask = _silhouette(model, cam)
-    if regions is not None:
-        person = np.repeat(regions.person[..., None].astype(np.uint8) * 255, 3, axis=2)
-        mask &= torch.from_numpy(crop_resize(person, box, res)[..., :1] > 0.5)[None]
+    if person is not None:
+        rgb = np.repeat(person[..., None].astype(np.uint8) * 255, 3, axis=2)
+        mask &= torch.from_numpy(crop_resize(rgb, box, res)[..., :1] > 0.5)[None]
     return _PhotoView(cam, target, mask)
+
+
+def person_core(regions: PhotoRegions, landmarks2d: np.ndarray, margin: float) -> np.ndarray:
+    """The person mask less its edge (``margin`` x the face's height wide) outside the face."""
+    r = int(round(margin * float(np.ptp(landmarks2d[:, 1]))))
+    if r <= 0:
+        return regions.person
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.erode(regions.person.astype(np.uint8), disc).astype(bool) | (regions.person & regions.face)
 
 
 def _silhouette(model: GaussianModel, cam: Cameras) -> torch.Tensor:
