@@ -8,9 +8,10 @@
              from the photo's hair / skin / clothes colours elsewhere (backend.prior.colours)
           -> photometric fit (L1 + SSIM) from the photo's own camera, alternating a crop of
              the whole head and a crop of the face (its detail at the resolution it is looked
-             at), on the person's pixels less the segmentation's edge outside the face, + priors for what the photo cannot see (symmetry, stay
-             near the surface) and against needles (a splat's length and elongation), kept for
-             the whole fit (densified splats inherit their parent's anchor)
+             at), on the person's pixels less the segmentation's edge outside the face,
+             + priors for what the photo cannot see (symmetry, stay near the surface) and
+             against needles (a splat's length and elongation), kept for the whole fit
+             (densified splats inherit their parent's anchor)
           -> head.ply + a turntable rendered with our renderer
 
 It is Instax3D's construction stage (METHOD B.2) with one real view instead of 21 generated
