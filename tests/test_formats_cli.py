@@ -6,26 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from formats_support import random_splats
 
 from backend.cli import main
 from blender_addon.core import formats
-from blender_addon.core.splat_arrays import SH_C0, SplatArrays
+from blender_addon.core.splat_arrays import SplatArrays
 from blender_addon.core.splat_ply import read_ply, write_ply
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _splats(n=200, seed=2) -> SplatArrays:
-    r = np.random.default_rng(seed)
-    q = r.normal(size=(n, 4)).astype(np.float32)
-    return SplatArrays(
-        r.uniform(-0.1, 0.1, (n, 3)).astype(np.float32),
-        q / np.linalg.norm(q, axis=1, keepdims=True),
-        r.uniform(-6.0, -3.0, (n, 3)).astype(np.float32),
-        r.uniform(-4.0, 4.0, n).astype(np.float32),
-        ((r.uniform(0.05, 0.95, (n, 3)) - 0.5) / SH_C0).astype(np.float32),
-        r.uniform(-0.3, 0.3, (n, 3, 3)).astype(np.float32),
-    )
+def _splats() -> SplatArrays:
+    return random_splats(200, k=3, seed=2)
 
 
 def test_convert_chains_through_every_format(tmp_path, capsys):

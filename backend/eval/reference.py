@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 from ..face import FACE_OVAL, FaceAnalysis, analyse_face, square_crop
-from ..gaussians.cameras import Cameras
+from ..gaussians.cameras import Cameras, photo_crop_camera
 from ..prior.deform import deform_to_landmarks
 from ..prior.fit import HeadFit, fit_head
 from ..prior.lift import lift_landmarks
@@ -60,13 +59,11 @@ def face_crop(
     centre = ((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2)
     side = float((hi - lo).max()) * (1 + 2 * FRONT_MARGIN)
     crop, box = square_crop(image, centre, side, size)
-    x0, y0 = float(box[0]), float(box[1])
-    s = size / float(box[2] - box[0])
-    K = torch.tensor(
-        [[fit.fx * s, 0, (fit.cx - x0) * s], [0, fit.fy * s, (fit.cy - y0) * s], [0, 0, 1]], dtype=torch.float32
+    side_px = float(box[2] - box[0])
+    cam = photo_crop_camera(
+        fit.world_to_camera, fit.fx, fit.fy, fit.cx, fit.cy, float(box[0]), float(box[1]), side_px, size
     )
-    V = torch.as_tensor(fit.world_to_camera, dtype=torch.float32)
-    return Cameras(V[None], K[None], size, size), crop, box
+    return cam, crop, box
 
 
 def face_oval_mask(landmarks2d: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from torch import Tensor
 __all__ = [
     "Cameras",
     "intrinsics_from_fov",
+    "photo_crop_camera",
     "fov_y_deg",
     "look_at",
     "spherical_cameras",
@@ -133,6 +134,17 @@ class Cameras:
             elevation_deg=join("elevation_deg"),
             radius=join("radius"),
         )
+
+
+def photo_crop_camera(
+    world_to_camera: np.ndarray, fx: float, fy: float, cx: float, cy: float, x0: float, y0: float, side: float, res: int
+) -> Cameras:
+    """A photo's pinhole camera (intrinsics in photo pixels) restricted to the square crop whose
+    top-left corner is (x0, y0) and side ``side`` photo pixels, rendered at ``res`` x ``res``."""
+    s = res / side
+    K = torch.tensor([[fx * s, 0, (cx - x0) * s], [0, fy * s, (cy - y0) * s], [0, 0, 1]], dtype=torch.float32)
+    V = torch.as_tensor(world_to_camera, dtype=torch.float32)
+    return Cameras(V[None], K[None], res, res)
 
 
 def intrinsics_from_fov(fov_y_deg: float | Tensor, width: int, height: int) -> Tensor:

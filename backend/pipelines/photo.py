@@ -35,7 +35,7 @@ from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
 from ..face import analyse_face
 from ..face.regions import PhotoRegions, photo_regions
-from ..gaussians.cameras import Cameras
+from ..gaussians.cameras import Cameras, photo_crop_camera
 from ..gaussians.loop import LoopConfig, optimise, render_model
 from ..gaussians.losses import photometric, psnr, shape_penalty, ssim
 from ..gaussians.model import GaussianModel
@@ -159,12 +159,8 @@ def crop_camera(fit, points_px: np.ndarray, res: int, pad: float) -> tuple[Camer
     centre = (lo + hi) / 2
     side = int(np.ceil((hi - lo).max() * (1 + 2 * pad)))
     x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
-    s = res / side
-    K = torch.tensor(
-        [[fit.fx * s, 0, (fit.cx - x0) * s], [0, fit.fy * s, (fit.cy - y0) * s], [0, 0, 1]], dtype=torch.float32
-    )
-    V = torch.as_tensor(fit.world_to_camera, dtype=torch.float32)
-    return Cameras(V[None], K[None], res, res), (x0, y0, side)
+    cam = photo_crop_camera(fit.world_to_camera, fit.fx, fit.fy, fit.cx, fit.cy, x0, y0, side, res)
+    return cam, (x0, y0, side)
 
 
 def crop_resize(image: np.ndarray, box: tuple[int, int, int], res: int) -> np.ndarray:
