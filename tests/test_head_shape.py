@@ -253,7 +253,7 @@ def test_person_core_drops_the_mask_edge_outside_the_face_only():
     """The fit's pixels: the person mask less a ring at its edge, where the segmentation runs
     into the background, except on the face (its outline is the face's own)."""
     from backend.face.regions import PhotoRegions
-    from backend.pipelines.photo import person_core
+    from backend.pipelines.photo_views import person_core
 
     ys, xs = np.mgrid[0:400, 0:400]
     person = (xs - 200) ** 2 + (ys - 200) ** 2 < 150**2

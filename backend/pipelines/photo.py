@@ -25,17 +25,15 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
 from scipy.spatial import cKDTree
 
 from blender_addon.core.splat_arrays import SplatArrays, logit, rgb_to_sh0
 
 from ..face import analyse_face
 from ..face.regions import PhotoRegions, photo_regions
-from ..gaussians.cameras import Cameras, photo_crop_camera
+from ..gaussians.cameras import Cameras
 from ..gaussians.loop import LoopConfig, optimise, render_model
 from ..gaussians.losses import photometric, psnr, shape_penalty, ssim
 from ..gaussians.model import GaussianModel
@@ -50,6 +48,7 @@ from ..prior.sample import INIT_OPACITY, INIT_SCALE, head_unit, project_colors, 
 from ..prior.template import HeadMesh
 from . import NullReporter, RunResult
 from .cache import ModelCache
+from .photo_views import PhotoView, crop_camera, head_crop_camera, person_core, photo_view
 from .presets import choose_preset
 from .turntable import render_turntable
 
@@ -141,36 +140,6 @@ GRAZING_COS = 0.3  # the photo sees a surface edge-on below this cosine: its pix
 
 def _preset(name: str, options: dict | None) -> PhotoPreset:
     return choose_preset("photo", PRESETS, name, options)
-
-
-def head_crop_camera(fit, mesh, res: int, pad: float = 0.12) -> tuple[Cameras, tuple[int, int, int]]:
-    """The photo's camera restricted to a square crop around the projected head, at ``res`` px.
-
-    Returns the camera and the crop box (x0, y0, side) in photo pixels.
-    """
-    uv, _ = fit.project(mesh.vertices)
-    return crop_camera(fit, uv, res, pad)
-
-
-def crop_camera(fit, points_px: np.ndarray, res: int, pad: float) -> tuple[Cameras, tuple[int, int, int]]:
-    """The photo's camera restricted to the square around ``points_px`` [N, 2] (photo pixels),
-    its side the points' longer extent times 1 + 2 ``pad``, at ``res`` px; and the crop box."""
-    lo, hi = points_px.min(0), points_px.max(0)
-    centre = (lo + hi) / 2
-    side = int(np.ceil((hi - lo).max() * (1 + 2 * pad)))
-    x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
-    cam = photo_crop_camera(fit.world_to_camera, fit.fx, fit.fy, fit.cx, fit.cy, x0, y0, side, res)
-    return cam, (x0, y0, side)
-
-
-def crop_resize(image: np.ndarray, box: tuple[int, int, int], res: int) -> np.ndarray:
-    """Square crop (edge-padded where it leaves the photo) resized to res x res, float32 [0, 1]."""
-    x0, y0, side = box
-    h, w = image.shape[:2]
-    pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
-    src = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else image
-    crop = src[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
-    return np.asarray(Image.fromarray(crop).resize((res, res), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
 
 
 def head_surface(
@@ -304,10 +273,10 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
     splats, normals, visible = initial_splats(mesh, fit, image, cfg, rng, regions=regions, scalp=scalp, unit=unit)
     model = GaussianModel.from_splats(splats, cfg.lr_preset, total_steps=cfg.steps)
     person = None if regions is None else person_core(regions, face.landmarks2d, cfg.person_margin)
-    views = [_photo_view(model, *head_crop_camera(fit, mesh, cfg.fit_res), image, person, cfg.fit_res)]
+    views = [photo_view(model, *head_crop_camera(fit, mesh, cfg.fit_res), image, person, cfg.fit_res)]
     if cfg.face_steps > 0:
         face_cam = crop_camera(fit, face.landmarks2d[:, :2], cfg.fit_res, cfg.face_pad)
-        views.append(_photo_view(model, *face_cam, image, person, cfg.fit_res))
+        views.append(photo_view(model, *face_cam, image, person, cfg.fit_res))
     reporter.preview(model.to_splats(), 0)
     reporter.progress("init", 1, 1, f"{len(model)} Gaussians, {int(visible.sum())} seen by the photo")
     timings["init_s"] = time.perf_counter() - t
@@ -341,7 +310,7 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
         for p in model.params.values():
             hooks.append(p.register_hook(lambda g: g * keep.view(-1, *([1] * (g.dim() - 1)))))
 
-    def view_at(step: int) -> _PhotoView:  # the face crop on a face_steps share of the steps
+    def view_at(step: int) -> PhotoView:  # the face crop on a face_steps share of the steps
         on_face = int((step + 1) * cfg.face_steps) > int(step * cfg.face_steps)
         return views[-1] if on_face else views[0]
 
@@ -439,47 +408,3 @@ def run(
     result = head.model.to_splats()
     result.check_finite()
     return RunResult(splats=result, turntable=frames, metrics=head.metrics)
-
-
-@dataclass
-class _PhotoView:
-    """One view the fit sees: the photo's camera on a crop, the photo cut to it, and the
-    pixels that count (the template covers them and the photo shows the person there)."""
-
-    camera: Cameras
-    target: torch.Tensor  # [1, R, R, 3]
-    mask: torch.Tensor  # [1, R, R, 1] bool
-
-
-def _photo_view(model, cam: Cameras, box, image: np.ndarray, person: np.ndarray | None, res: int) -> _PhotoView:
-    """The view of the photo through ``cam`` (crop ``box`` of the photo, ``res`` px); with
-    ``person`` ([H, W] bool), only its pixels count."""
-    target = torch.from_numpy(crop_resize(image, box, res))[None]
-    mask = _silhouette(model, cam)
-    if person is not None:
-        rgb = np.repeat(person[..., None].astype(np.uint8) * 255, 3, axis=2)
-        mask &= torch.from_numpy(crop_resize(rgb, box, res)[..., :1] > 0.5)[None]
-    return _PhotoView(cam, target, mask)
-
-
-def person_core(regions: PhotoRegions, landmarks2d: np.ndarray, margin: float) -> np.ndarray:
-    """The person mask less its edge (``margin`` x the face's height wide) outside the face."""
-    r = int(round(margin * float(np.ptp(landmarks2d[:, 1]))))
-    if r <= 0:
-        return regions.person
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    return cv2.erode(regions.person.astype(np.uint8), disc).astype(bool) | (regions.person & regions.face)
-
-
-def _silhouette(model: GaussianModel, cam: Cameras) -> torch.Tensor:
-    """Pixels the template covers: the initial splats rendered fully opaque."""
-    with torch.no_grad():
-        out = render_model_opaque(model, cam)
-    return out > 0.5
-
-
-def render_model_opaque(model: GaussianModel, cam: Cameras) -> torch.Tensor:
-    from ..gaussians.render import render
-
-    n = len(model)
-    return render(model.means, model.quats, model.scales * 1.5, torch.full((n,), 0.99), model.rgb_dc, cam).alpha
