@@ -226,6 +226,24 @@ def test_init_gaussians_match_method_a1(head):
 # ------------------------------------------------------------------ fitting
 
 
+def test_surfel_quats_turn_z_onto_the_normal_everywhere():
+    import torch
+
+    from backend.gaussians.render import quat_to_rotmat
+    from backend.prior.sample import surfel_quats
+
+    n = np.random.default_rng(0).normal(size=(5000, 3))
+    n[:50] = [0.0, 0.0, -1.0]  # straight down, and within a hair of it: the shortest arc cancels there
+    n[50:100, :2] = np.random.default_rng(1).normal(size=(50, 2)) * 1e-4
+    n[50:100, 2] = -1.0
+    n[100] = [0.0, 0.0, 1.0]
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    q = surfel_quats(n.astype(np.float32))
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-6)
+    z_axis = quat_to_rotmat(torch.from_numpy(q)).numpy()[:, :, 2]
+    np.testing.assert_allclose(z_axis, n, atol=1e-5)
+
+
 def test_pose_conventions():
     np.testing.assert_allclose(euler_from_pose(pose_from_euler(20.0, -10.0, 5.0)), (20.0, -10.0, 5.0), atol=1e-9)
     head = build_head()

@@ -41,14 +41,17 @@ class LoopConfig:
     scene_scale: float = 1.0
 
 
-def render_model(model: GaussianModel, cams, background=None, absgrad: bool = False, **kw) -> RenderOutput:
+def render_model(
+    model: GaussianModel, cams, background=None, absgrad: bool = False, draw: torch.Tensor | None = None, **kw
+) -> RenderOutput:
+    """Render ``model``; ``draw`` [N] (0 or 1) weighs each splat's opacity (None: all drawn)."""
     sh = model.sh_degree
     colors = model.sh_coeffs if sh > 0 else model.rgb_dc
     return render(
         model.means,
         model.quats,
         model.scales,
-        model.opacities,
+        model.opacities if draw is None else model.opacities * draw,
         colors,
         cams,
         sh_degree=sh if sh > 0 else None,
@@ -66,8 +69,10 @@ def optimise(
     strategy=None,
     reporter=None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    draw: Callable[[int], torch.Tensor | None] | None = None,
 ) -> dict[str, float]:
-    """Run ``cfg.steps`` optimisation steps; returns the last step's loss values."""
+    """Run ``cfg.steps`` optimisation steps; returns the last step's loss values. ``draw(step)``:
+    which splats the step's render draws (``render_model``'s ``draw``; None: all)."""
     terms = list(terms)
     device = model.means.device
     bg = torch.tensor(cfg.background, dtype=torch.float32, device=device)
@@ -80,7 +85,7 @@ def optimise(
         if reporter is not None and reporter.cancelled():
             raise CancelledError("the job was cancelled")
         cams = sample_views(step)
-        out = render_model(model, cams, background=bg, absgrad=cfg.absgrad)
+        out = render_model(model, cams, background=bg, absgrad=cfg.absgrad, draw=None if draw is None else draw(step))
         losses: dict[str, torch.Tensor] = {}
         for term in terms:
             losses |= term(out, cams, step)

@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .render import quat_to_rotmat
+
 
 @functools.lru_cache(maxsize=8)
 def _gauss_window(size: int, sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
@@ -50,8 +52,25 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def shape_penalty(log_scales: torch.Tensor, max_ratio: float, max_scale: float) -> torch.Tensor:
-    """[N] per-splat penalty, in log units, on a longest axis over ``max_ratio`` x the shortest
-    or over ``max_scale`` (metres): 0 inside the bounds. ``log_scales`` [N, 3]."""
-    longest = log_scales.max(-1).values
-    ratio = longest - log_scales.min(-1).values - math.log(max_ratio)
+    """[N] per-splat penalty, in log units, on a longest axis over ``max_ratio`` x the middle one
+    (a needle: long in one axis only; a surface splat, a disc, is long in two) or over
+    ``max_scale`` (metres): 0 inside the bounds. ``log_scales`` [N, 3]."""
+    ordered = log_scales.sort(-1).values
+    longest = ordered[..., 2]
+    ratio = longest - ordered[..., 1] - math.log(max_ratio)
     return torch.relu(ratio) + torch.relu(longest - math.log(max_scale))
+
+
+def normal_extent(quats: torch.Tensor, scales: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+    """[N] each splat's standard deviation along a direction (metres): sqrt(n^T R S^2 R^T n) for
+    ``quats`` [N, 4] wxyz, ``scales`` [N, 3] metres and unit ``normals`` [N, 3]."""
+    local = torch.einsum("nij,ni->nj", quat_to_rotmat(quats), normals)  # n in the splat's axes
+    return (scales.square() * local.square()).sum(-1).clamp_min(1e-20).sqrt()
+
+
+def flat_penalty(quats: torch.Tensor, scales: torch.Tensor, normals: torch.Tensor, max_extent: float) -> torch.Tensor:
+    """[N] per-splat penalty, in log units, on a standard deviation along ``normals`` over
+    ``max_extent`` (metres): 0 for a splat lying flat on its surface. One view cannot see how
+    deep a splat facing it is; a splat long along its surface's normal is a dot from the photo and
+    a streak from every other view."""
+    return torch.relu(torch.log(normal_extent(quats, scales, normals)) - math.log(max_extent))

@@ -4,14 +4,16 @@
           -> the template reshaped to all 478 landmarks (backend.prior.deform) and given a
              hair volume out to the photo's outline (backend.prior.hair)
           -> the photo split into hair / skin / clothes / background (backend.face.regions)
-          -> 10k Gaussians on that surface, coloured from the photo where it sees them and
+          -> 10k Gaussians flat on that surface, coloured from the photo where it sees them and
              from the photo's hair / skin / clothes colours elsewhere (backend.prior.colours)
           -> photometric fit (L1 + SSIM) from the photo's own camera, alternating a crop of
              the whole head and a crop of the face (its detail at the resolution it is looked
              at), on the person's pixels less the segmentation's edge outside the face,
-             + priors for what the photo cannot see (symmetry, stay near the surface) and
-             against needles (a splat's length and elongation), kept for the whole fit
-             (densified splats inherit their parent's anchor)
+             + priors for what the photo cannot see (symmetry, stay near the surface, lie
+             flat on it) and against needles (a splat's length and elongation), kept for the
+             whole fit (densified splats inherit their parent's anchor); the fit draws only
+             the splats it may change, on a random colour each step, so the photo's own layer
+             is opaque without the back of the head behind it
           -> head.ply + a turntable rendered with our renderer
 
 It is Instax3D's construction stage (METHOD B.2) with one real view instead of 21 generated
@@ -35,7 +37,7 @@ from ..face import analyse_face
 from ..face.regions import PhotoRegions, photo_regions
 from ..gaussians.cameras import Cameras
 from ..gaussians.loop import LoopConfig, optimise, render_model
-from ..gaussians.losses import photometric, psnr, shape_penalty, ssim
+from ..gaussians.losses import flat_penalty, photometric, psnr, shape_penalty, ssim
 from ..gaussians.model import GaussianModel
 from ..gaussians.raster_cpu import torch_single_threaded
 from ..gaussians.render import resolve_backend, use_backend
@@ -44,7 +46,7 @@ from ..prior.colours import fill_colours
 from ..prior.deform import deform_to_landmarks, moved
 from ..prior.fit import HeadFit, fit_head
 from ..prior.hair import hair_shell, hair_weight, point_weight
-from ..prior.sample import INIT_OPACITY, INIT_SCALE, head_unit, project_colors, sample_surface
+from ..prior.sample import INIT_OPACITY, INIT_SCALE, head_unit, project_colors, sample_surface, surfel_quats
 from ..prior.template import HeadMesh
 from . import NullReporter, RunResult
 from .cache import ModelCache
@@ -68,6 +70,11 @@ class PhotoPreset:
     # Ours: the face gets this many times the splats per area of the rest of the seen head
     face_density: float = 2.0
     scale: float = INIT_SCALE  # METHOD A.1: 0.02 head units
+    # Ours: splats start flat on the surface, their size along its normal this share of the rest
+    # (1: METHOD A.1's round ones), and the fit holds them to FLAT_MAX_M along it ("loss_flat"):
+    # the photo cannot see how deep a splat facing it is, and left free, splats grew along the
+    # normal (median 84% of their longest axis): dots from the front, streaks from 20 deg above
+    flat: float = 0.25
     project_photo_colours: bool = True  # METHOD A.1 allowed improvement; False = paper's grey init
     # Ours (issue #17): the template reshaped to all 478 landmarks, a hair volume out to the
     # photo's outline, and unseen points coloured from the photo's hair/skin/clothes colours
@@ -99,8 +106,14 @@ class PhotoPreset:
             # the photo stretches splats along the outline's wisps, and every other view sees
             # them as needles
             "loss_shape": 1.0,
+            "loss_flat": 1.0,  # a splat's size along its anchor's normal over FLAT_MAX_M, in log units
         }
     )
+    # Ours: the fit draws only the splats it may change (not the back of the head that the front
+    # view looks at through the face) and composites them on a random colour each step: the
+    # photo's own layer must then be opaque. Fitted in front of the back of the head, the face
+    # stayed translucent, and from 20 deg above it showed the dark collar behind it in streaks
+    opaque_layer: bool = True
     preview_every: int = 25
     turntable_frames: int = 24
     turntable_res: int = 192
@@ -120,6 +133,9 @@ PRESETS: dict[str, PhotoPreset] = {
         shape_from_landmarks=False,
         hair_volume=False,
         face_steps=0.0,
+        flat=1.0,
+        opaque_layer=False,
+        weights={**PhotoPreset().weights, "loss_flat": 0.0},
     ),
     "quality": PhotoPreset(
         n_points=20_000,
@@ -133,8 +149,9 @@ PRESETS: dict[str, PhotoPreset] = {
 }
 
 SURFACE_SIGMA_M = 0.005  # the surface prior's length scale
-SHAPE_MAX_RATIO = 5.0  # the shape prior's longest / shortest axis
+SHAPE_MAX_RATIO = 5.0  # the shape prior's longest / middle axis (a needle; a flat disc is fine)
 SHAPE_MAX_M = 0.015  # the shape prior's longest axis (std-dev), 3x a seen splat's initial size
+FLAT_MAX_M = 0.002  # the flatness prior's size along the normal (std-dev), 1.7x a seen splat's initial
 GRAZING_COS = 0.3  # the photo sees a surface edge-on below this cosine: its pixels there are smeared
 
 
@@ -200,8 +217,8 @@ def initial_splats(
             )
     else:
         rgb, visible = np.full((n, 3), 0.5, np.float32), np.zeros(n, bool)
-    quats = np.zeros((n, 4), np.float32)
-    quats[:, 0] = 1.0
+    # flat on the surface (preset.flat: the normal's share of the size), or the paper's round ones
+    quats = surfel_quats(normals) if preset.flat < 1.0 else np.tile(np.float32([1, 0, 0, 0]), (n, 1))
     # the photo's own splats start at the paper's opacity and size; the others opaque and larger
     # (with the paper's grey init, every splat is the paper's)
     own = visible | (not preset.project_photo_colours)
@@ -214,7 +231,7 @@ def initial_splats(
     splats = SplatArrays(
         means=pts,
         quats=quats,
-        log_scales=np.repeat(np.log(scale).astype(np.float32)[:, None], 3, axis=1),
+        log_scales=np.log(scale[:, None] * np.float32([1.0, 1.0, preset.flat])).astype(np.float32),
         opacity_logits=logit(opacity),
         sh0=rgb_to_sh0(rgb),
     )
@@ -293,6 +310,7 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
     # face's own may be as thin as a wrinkle or an eyelid
     off_face0 = torch.from_numpy(point_weight(mesh, mesh.face_mask.astype(np.float64), splats.means) < 0.5)
     hooks: list = []
+    loop_background = (1.0, 1.0, 1.0)
 
     def pair_up():
         """Each splat's anchor (its initial splat, or a densified splat's nearest initial one)
@@ -314,9 +332,20 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
         on_face = int((step + 1) * cfg.face_steps) > int(step * cfg.face_steps)
         return views[-1] if on_face else views[0]
 
+    def draw(step):  # the splats the fit may change (see pair_up)
+        if len(pairing.get("anchor", ())) != len(model):
+            pair_up()
+        return seen0[pairing["anchor"]].float()
+
+    backdrop = torch.Generator().manual_seed(seed)
+    white = torch.tensor(loop_background)
+
     def photo_term(out, cams, step):
         view = view_at(step)
-        pred = torch.where(view.mask, out.rgb, view.target)  # only the head's pixels count
+        rgb = out.rgb
+        if cfg.opaque_layer:  # the render again on a random colour: what shows through counts
+            rgb = rgb + (1.0 - out.alpha) * (torch.rand(3, generator=backdrop) - white)
+        pred = torch.where(view.mask, rgb, view.target)  # only the head's pixels count
         return {"loss_rgb": photometric(pred, view.target)}
 
     def prior_term(out, cams, step):
@@ -333,6 +362,7 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
             "loss_symmetry": (c - c[pairing["mirror"]]).abs().mean(),
             "loss_surface": off.square().mean(),
             "loss_shape": shape.mean(),
+            "loss_flat": flat_penalty(model.quats, model.scales, normals0[a], FLAT_MAX_M).mean(),
         }
 
     strategy = None
@@ -343,7 +373,7 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
         steps=cfg.steps,
         weights=cfg.weights,
         preview_every=cfg.preview_every,
-        background=(1.0, 1.0, 1.0),
+        background=loop_background,
         absgrad=cfg.strategy == "absgrad",
         stage="optimise",
     )
@@ -356,6 +386,7 @@ def _fit_photo_head(image: np.ndarray, cfg: PhotoPreset, seed: int, reporter) ->
                 [photo_term, prior_term],
                 strategy=strategy,
                 reporter=reporter,
+                draw=draw if cfg.opaque_layer else None,
             )
         finally:
             for hook in hooks:

@@ -62,6 +62,19 @@ def sample_surface(mesh: HeadMesh, n: int = INIT_POINTS, rng=None, density: np.n
     return pts.astype(np.float32), nrm.astype(np.float32), fid.astype(np.int64)
 
 
+def surfel_quats(normals: np.ndarray) -> np.ndarray:
+    """[N, 4] wxyz unit quaternions turning +z onto each unit normal [N, 3]: a splat with its
+    smallest scale on z then lies flat on the surface. The shortest arc where the normal points
+    up (z >= 0); where it points down, the shortest arc from -z after half a turn about x (the
+    same rotation of z, without the shortest arc's cancellation near -z)."""
+    n = np.asarray(normals, np.float64)
+    x, y, z = n.T
+    up = np.column_stack([1.0 + z, -y, x, np.zeros(len(n))])
+    down = np.column_stack([-y, 1.0 - z, np.zeros(len(n)), x])
+    q = np.where((z >= 0)[:, None], up, down)
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
 def init_gaussians(
     mesh: HeadMesh,
     n: int = INIT_POINTS,
