@@ -256,3 +256,18 @@ def test_the_photos_layer_is_opaque_on_its_own():
     # measured: 0.86 / 0.52 translucent, 0.94 / 0.81 opaque (mean, 5th percentile)
     assert cover[False][0] < 0.9 and cover[True][0] > 0.92, cover
     assert cover[True][1] > 0.75, cover
+
+
+def test_densification_keeps_the_priors_anchors():
+    """With a densifying strategy (the quality preset's absgrad) new splats take their parent's
+    anchor: the priors and the drawn layer follow the changing count without an error."""
+    cfg = replace(
+        photo.PRESETS["preview"],
+        steps=40,
+        strategy="absgrad",
+        strategy_overrides={"refine_every": 10, "refine_start_iter": 5, "refine_stop_iter": 35, "grow_grad2d": 0.0001},
+    )
+    head = photo.fit_photo_head(load_image(PHOTO), cfg, seed=0)
+    assert len(head.model) > 1.5 * cfg.n_points, len(head.model)
+    head.model.to_splats().check_finite()
+    assert head.metrics["fit_psnr_db"] > 22.0, head.metrics

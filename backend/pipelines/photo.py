@@ -91,8 +91,9 @@ class PhotoPreset:
     person_margin: float = 0.015
     # Ours, sized to the demo's <= 60 s on 2 CPU cores with the tile rasteriser (issue #16,
     # bench/results/cpu_raster.md): 150 steps at 128 px before it, with the torch reference;
-    # 300 since the face crop (issue #17: 56 s on a quiet machine)
-    steps: int = 300
+    # 300 since the face crop (issue #17: 56 s on a quiet machine); 280 since the flat splats
+    # (their flatness prior and their footprints cost ~10 %: 300 steps took 60 s, 280 take 50-56 s)
+    steps: int = 280
     fit_res: int = 256  # px, square crop around the head
     lr_preset: str = "photo"
     strategy: str | None = None  # None, "default", "absgrad" or "surface"
